@@ -1,0 +1,1 @@
+"""StreamRec: a Dagster code location for a streaming-media recommendation pipeline."""

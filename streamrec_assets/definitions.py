@@ -1,0 +1,33 @@
+"""The single Definitions object of the code location (it only assembles)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from streamrec_assets.assets import features, ingest
+from streamrec_assets.io_managers import PartitionedParquetIOManager
+from streamrec_assets.partitions import daily_partitions
+from streamrec_assets.resources import LandingZone
+from streamrec_assets.settings import get_settings
+
+settings = get_settings()
+
+all_assets = dg.load_assets_from_modules([ingest, features])
+
+daily_pipeline_job = dg.define_asset_job(
+    "daily_pipeline",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("user_catalog", "item_catalog"),
+    partitions_def=daily_partitions,
+    description="Every daily-partitioned asset, from raw_events to the rolling features.",
+)
+
+defs = dg.Definitions(
+    assets=all_assets,
+    jobs=[daily_pipeline_job],
+    resources={
+        "io_manager": PartitionedParquetIOManager(
+            base_uri=settings.storage_uri, s3_endpoint_url=settings.s3_endpoint_url
+        ),
+        "landing": LandingZone(uri=settings.landing_uri, s3_endpoint_url=settings.s3_endpoint_url),
+    },
+)

@@ -1,0 +1,32 @@
+"""Partition definitions shared by every asset.
+
+A partition key is the *logical date* of the data (the UTC day the events
+happened), never the wall-clock time of the run that processes it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+
+from streamrec_assets.settings import get_settings
+
+#: The rolling feature windows, in days; the longest one sets the upstream window.
+FEATURE_WINDOWS_DAYS: tuple[int, ...] = (1, 7, 28)
+LONGEST_WINDOW_DAYS = max(FEATURE_WINDOWS_DAYS)
+
+daily_partitions = dg.DailyPartitionsDefinition(
+    start_date=get_settings().start_date,
+    timezone="UTC",
+    fmt="%Y-%m-%d",
+)
+
+#: Maps day D of a feature asset to the daily aggregates of [D-27, D].
+#: Dagster clips the window at the first partition (start of history).
+feature_window_mapping = dg.TimeWindowPartitionMapping(start_offset=-(LONGEST_WINDOW_DAYS - 1), end_offset=0)
+
+#: Every partitioned asset processes a requested range in one run.
+single_run = dg.BackfillPolicy.single_run()
+# backfill_policy is a deliberate, pinned (dagster==1.13.27) choice; keep its beta notice out of every load.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)

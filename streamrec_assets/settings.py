@@ -1,0 +1,83 @@
+"""One typed settings object, read from environment variables.
+
+Every knob of the project lives here, with its embedded default for one
+machine. Nothing else in the package reads ``os.environ`` for project
+settings, so the README's table of variables is this file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+DEFAULT_START_DATE = "2026-01-01"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a number") from exc
+
+
+def _date(name: str, default: str) -> str:
+    raw = _env(name, default)
+    try:
+        date.fromisoformat(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a date in YYYY-MM-DD form") from exc
+    return raw
+
+
+def _uri(raw: str) -> str:
+    """Local paths become absolute; URIs with a scheme (s3://…) pass through."""
+    if "://" in raw:
+        return raw.rstrip("/")
+    return str(Path(raw).expanduser().resolve())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Project settings (see README, "Configuration")."""
+
+    home: str = field(default_factory=lambda: _uri(_env("STREAMREC_HOME", ".streamrec")))
+    storage_uri: str = ""
+    landing_uri: str = ""
+    start_date: str = field(default_factory=lambda: _date("STREAMREC_START_DATE", DEFAULT_START_DATE))
+    max_failure_rate: float = field(default_factory=lambda: _float("STREAMREC_MAX_FAILURE_RATE", 0.01))
+    s3_endpoint_url: str = field(default_factory=lambda: _env("STREAMREC_S3_ENDPOINT_URL", ""))
+
+    def __post_init__(self) -> None:
+        # Derived defaults depend on ``home``; frozen dataclass, hence object.__setattr__.
+        if not self.storage_uri:
+            object.__setattr__(
+                self, "storage_uri", _uri(_env("STREAMREC_STORAGE_URI", f"{self.home}/storage"))
+            )
+        if not self.landing_uri:
+            object.__setattr__(
+                self, "landing_uri", _uri(_env("STREAMREC_LANDING_URI", f"{self.home}/landing"))
+            )
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ValueError(
+                f"STREAMREC_MAX_FAILURE_RATE must be within [0, 1], got {self.max_failure_rate}"
+            )
+
+    @property
+    def storage_options(self) -> dict:
+        """fsspec options for ``s3://`` URIs (endpoint only; credentials come from the AWS env)."""
+        if self.s3_endpoint_url:
+            return {"client_kwargs": {"endpoint_url": self.s3_endpoint_url}}
+        return {}
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment now (never cached: tests change the env)."""
+    return Settings()
