@@ -8,9 +8,18 @@ from streamrec_assets.assets import features, ingest
 from streamrec_assets.io_managers import PartitionedParquetIOManager
 from streamrec_assets.partitions import daily_partitions
 from streamrec_assets.resources import LandingZone
-from streamrec_assets.settings import get_settings
+from streamrec_assets.settings import Settings, get_settings
 
-settings = get_settings()
+
+def build_resources(settings: Settings) -> dict:
+    """Resources for one environment; storage is chosen by settings (local or s3://) only."""
+    return {
+        "io_manager": PartitionedParquetIOManager(
+            base_uri=settings.storage_uri, s3_endpoint_url=settings.s3_endpoint_url
+        ),
+        "landing": LandingZone(uri=settings.landing_uri, s3_endpoint_url=settings.s3_endpoint_url),
+    }
+
 
 all_assets = dg.load_assets_from_modules([ingest, features])
 
@@ -24,10 +33,5 @@ daily_pipeline_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=all_assets,
     jobs=[daily_pipeline_job],
-    resources={
-        "io_manager": PartitionedParquetIOManager(
-            base_uri=settings.storage_uri, s3_endpoint_url=settings.s3_endpoint_url
-        ),
-        "landing": LandingZone(uri=settings.landing_uri, s3_endpoint_url=settings.s3_endpoint_url),
-    },
+    resources=build_resources(get_settings()),
 )

@@ -29,7 +29,7 @@ def _daily_asset(name: str, entity: str, description: str):
         check_specs=[contract_check_spec(name)],
         description=description,
     )
-    def _asset(raw_events: pd.DataFrame, item_catalog: pd.DataFrame) -> dg.MaterializeResult:
+    def _asset(raw_events: pd.DataFrame, item_catalog: pd.DataFrame):
         from streamrec_assets import contracts
         from streamrec_assets.core import features
 
@@ -69,7 +69,7 @@ def _window_asset(name: str, upstream: str, entity: str, description: str):
         check_specs=[contract_check_spec(name)],
         description=description,
     )
-    def _asset(context: dg.AssetExecutionContext, daily: pd.DataFrame) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, daily: pd.DataFrame):
         from streamrec_assets import contracts
         from streamrec_assets.core.features import rolling_features
 

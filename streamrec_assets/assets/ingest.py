@@ -20,7 +20,7 @@ GROUP = "ingest"
     check_specs=[contract_check_spec("user_catalog")],
     description="The user dimension (signup date, country) from the landing zone's catalogue export.",
 )
-def user_catalog(landing: LandingZone) -> dg.MaterializeResult:
+def user_catalog(landing: LandingZone):
     from streamrec_assets.contracts import user_catalog_schema
 
     users = landing.read_catalog("users")
@@ -38,7 +38,7 @@ def user_catalog(landing: LandingZone) -> dg.MaterializeResult:
     check_specs=[contract_check_spec("item_catalog")],
     description="The item dimension (genre, duration, release date) from the landing zone's catalogue export.",
 )
-def item_catalog(landing: LandingZone) -> dg.MaterializeResult:
+def item_catalog(landing: LandingZone):
     from streamrec_assets.contracts import item_catalog_schema
 
     items = landing.read_catalog("items")
@@ -72,19 +72,16 @@ RECONCILE_CHECK = "reconciles_with_landing"
     partitions_def=daily_partitions,
     backfill_policy=single_run,
     ins={"user_catalog": dg.AssetIn(), "item_catalog": dg.AssetIn()},
-    specs=[
-        dg.AssetSpec(
-            "raw_events",
+    outs={
+        "raw_events": dg.AssetOut(
             kinds={"parquet"},
             description="Valid viewing events of the day, typed, one row per event_id.",
-            deps=["user_catalog", "item_catalog"],
         ),
-        dg.AssetSpec(
-            "raw_events_dlq",
+        "raw_events_dlq": dg.AssetOut(
             kinds={"parquet"},
             description="Rejected landing records of the day: line number, raw line and reason.",
         ),
-    ],
+    },
     check_specs=[
         contract_check_spec("raw_events"),
         contract_check_spec("raw_events_dlq"),

@@ -1,0 +1,37 @@
+# StreamRec code location. `make demo` and `make test` each work alone on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export STREAMREC_HOME ?= $(CURDIR)/.streamrec
+export DAGSTER_HOME ?= $(STREAMREC_HOME)/dagster_home
+export PYTHONWARNINGS ?= ignore::DeprecationWarning
+
+.PHONY: setup demo test dev bench lint clean
+
+setup: $(STAMP)  ## create .venv and install the package with its test extras (quick when nothing changed)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+demo: setup  ## generate data, materialise the graph on local defaults, print a summary
+	$(BIN)/python -m streamrec_assets.demo
+
+test: setup  ## the whole test suite
+	$(BIN)/python -m pytest -q
+
+dev: setup  ## the Dagster UI on http://127.0.0.1:3000 (state under $$STREAMREC_HOME)
+	@mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: setup  ## benchmarks, printed as ratios against a baseline measured in the same run
+	$(BIN)/python benchmarks/bench_features.py
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:  ## remove generated data and Dagster state (keeps .venv)
+	rm -rf $(STREAMREC_HOME)

@@ -1,0 +1,125 @@
+"""``streamrec`` console script.
+
+Subcommands are registered by small ``_add_<name>`` functions that attach a handler
+with ``set_defaults(func=...)``; a handler takes the parsed namespace and returns an
+exit code.  Only ``generate`` exists for now (``backfill`` is meant to follow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+
+
+def _iso_date(raw: str) -> str:
+    try:
+        return date.fromisoformat(raw).isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a date in YYYY-MM-DD form") from exc
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be a positive integer")
+    return value
+
+
+def _rate(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be within [0, 0.5)")
+    return value
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from streamrec_assets import datagen
+
+    landing = args.landing
+    if not landing:
+        from streamrec_assets.settings import get_settings
+
+        landing = get_settings().landing_uri
+    users = args.users if args.users is not None else datagen.default_users(args.events_per_day)
+    items = args.items if args.items is not None else datagen.default_items(args.events_per_day)
+    print(
+        f"generating {args.start}..{args.end} into {landing} "
+        f"(events/day={args.events_per_day}, seed={args.seed}, users={users}, items={items}, "
+        f"malformed_rate={args.malformed_rate})",
+        flush=True,
+    )
+    summaries = datagen.generate(
+        landing,
+        args.start,
+        args.end,
+        args.events_per_day,
+        args.seed,
+        users=users,
+        items=items,
+        malformed_rate=args.malformed_rate,
+        force=args.force,
+    )
+    total_records = 0
+    total_seconds = 0.0
+    for s in summaries:
+        total_records += s["records"]
+        total_seconds += s["seconds"]
+        note = "  (cached)" if s["skipped"] else ""
+        print(f"{s['date']}  {s['records']:>10d} records  {s['seconds']:7.2f}s{note}", flush=True)
+    generated = sum(1 for s in summaries if not s["skipped"])
+    print(
+        f"total  {len(summaries)} days ({generated} generated, {len(summaries) - generated} cached)  "
+        f"{total_records} records  {total_seconds:.2f}s",
+        flush=True,
+    )
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="write synthetic catalogue and daily event files to the landing zone")
+    p.add_argument("--start", required=True, type=_iso_date, help="first day (YYYY-MM-DD)")
+    p.add_argument("--end", required=True, type=_iso_date, help="last day, inclusive (YYYY-MM-DD)")
+    p.add_argument("--events-per-day", type=_positive_int, default=20_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--users",
+        type=_positive_int,
+        default=None,
+        help="default: max(500, events_per_day // 40), at most 200000",
+    )
+    p.add_argument(
+        "--items",
+        type=_positive_int,
+        default=None,
+        help="default: max(200, events_per_day // 200), at most 20000",
+    )
+    p.add_argument("--malformed-rate", type=_rate, default=0.002)
+    p.add_argument("--landing", default=None, help="landing-zone path or URI (default: settings landing_uri)")
+    p.add_argument("--force", action="store_true", help="regenerate days even if already present")
+    p.set_defaults(func=_cmd_generate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamrec", description="StreamRec pipeline tools")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_generate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    start, end = getattr(args, "start", None), getattr(args, "end", None)
+    if start and end and start > end:
+        parser.error(f"--end {args.end} is before --start {args.start}")
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"streamrec: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

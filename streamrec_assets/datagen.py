@@ -1,0 +1,783 @@
+"""Synthetic StreamRec data: a hidden "world" of users and items, and daily event files.
+
+The world (catalogue plus hidden taste) is determined by ``(seed, n_users, n_items)``
+only, so any date range generated from the same parameters sees the same users and
+items.  Each day's event file is determined by ``(world, seed, day, events_per_day,
+malformed_rate, duplicate_rate)`` and nothing else: days are independent of each other
+and of the range they were generated in, and the gzip bytes are stable (``mtime=0``,
+no file name in the header).
+
+Landing-zone layout (read by the ingest code)::
+
+    <landing>/catalog/users.parquet      user_id int64, signup_date str, country str
+    <landing>/catalog/items.parquet      item_id int64, genre str, duration_seconds int64,
+                                         release_date str
+    <landing>/events/date=YYYY-MM-DD/events-YYYY-MM-DD.jsonl.gz
+    <landing>/events/date=YYYY-MM-DD/_SUCCESS   JSON {"date", "records", "sha256", "params"}
+
+Event lines (one JSON object per line, sorted by ``event_timestamp``)::
+
+    {"event_id":"ev-20260101-00000042","user_id":12,"item_id":7,"event_type":"play",
+     "event_timestamp":"2026-01-01T19:45:12.123Z","watch_seconds":1234.5,
+     "device":"tv","session_id":"se-20260101-0001234"}
+
+Dirty data
+----------
+A share ``malformed_rate`` of the lines of a day (``round(records * malformed_rate)``
+lines, exactly) is malformed.  Malformed lines *replace* valid events in place (they
+keep their position in the file), and are spread evenly over six categories
+(see :data:`MALFORMED_KINDS`):
+
+``truncated_json``
+    the line is cut short, so it is not valid JSON.
+``missing_field``
+    one of ``event_id, user_id, item_id, event_type, event_timestamp, watch_seconds``
+    is absent.
+``negative_watch``
+    ``watch_seconds`` is negative.
+``unknown_user`` / ``unknown_item``
+    ``user_id`` / ``item_id`` is not in the catalogue (ids >= 900_000_000).
+``timestamp_out_of_day``
+    ``event_timestamp`` lies 1 minute to 36 hours before or after the file's day.
+
+Malformed lines are never taken from an impression that led to a play, so every valid
+play keeps its valid impression.
+
+Duplicates are counted **separately** from the malformed share: a share
+``duplicate_rate`` of lines (default ``malformed_rate / 4``, i.e. 0.05 % by default;
+exactly ``round(records * duplicate_rate)`` lines) are exact byte-for-byte copies of a
+valid line (same ``event_id``), written right after the original.  ``records`` counts
+every line of the file: valid + malformed + duplicates.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+GENERATOR_VERSION = "streamrec-datagen/1"
+
+GENRES = (
+    "drama",
+    "comedy",
+    "action",
+    "thriller",
+    "documentary",
+    "animation",
+    "romance",
+    "sci-fi",
+    "horror",
+    "crime",
+    "family",
+    "fantasy",
+    "reality",
+    "music",
+    "sports",
+)
+# Typical length (minutes) per genre: films ~90-120, series episodes ~25-50.
+_GENRE_MINUTES = np.array([95, 40, 110, 105, 60, 30, 100, 115, 95, 50, 85, 120, 35, 45, 70], float)
+_GENRE_SHARE = np.array([14, 12, 10, 9, 6, 7, 7, 6, 5, 8, 5, 4, 3, 2, 2], float)
+
+COUNTRIES = ("US", "GB", "DE", "FR", "ES", "IT", "BR", "IN", "JP", "CA")
+_COUNTRY_SHARE = np.array([30, 10, 9, 8, 6, 6, 10, 11, 5, 5], float)
+
+DEVICES = ("tv", "mobile", "web", "tablet")
+_DEVICE_SHARE = np.array([0.40, 0.35, 0.15, 0.10])
+
+MALFORMED_KINDS = (
+    "truncated_json",
+    "missing_field",
+    "negative_watch",
+    "unknown_user",
+    "unknown_item",
+    "timestamp_out_of_day",
+)
+REQUIRED_FIELDS = (
+    "event_id",
+    "user_id",
+    "item_id",
+    "event_type",
+    "event_timestamp",
+    "watch_seconds",
+    "device",
+    "session_id",
+)
+# Fields that a ``missing_field`` malformed line may lack.
+_DROPPABLE_FIELDS = REQUIRED_FIELDS[:6]
+UNKNOWN_ID_BASE = 900_000_000
+
+LATENT_DIM = 8
+_EPOCH = date(1970, 1, 1)
+_DAY_MS = 86_400_000
+# Session start-hour weights (UTC): quiet night, evening peak around 20:00.
+_HOUR_WEIGHTS = np.array(
+    [
+        1.0,
+        0.6,
+        0.35,
+        0.25,
+        0.2,
+        0.25,
+        0.5,
+        0.9,
+        1.1,
+        1.0,
+        1.0,
+        1.1,
+        1.3,
+        1.3,
+        1.2,
+        1.3,
+        1.6,
+        2.1,
+        2.8,
+        3.6,
+        4.0,
+        3.6,
+        2.6,
+        1.6,
+    ]
+)
+_GZIP_LEVEL = 4
+_GZIP_CHUNK = 8 << 20  # bytes of text per gzip member (members are compressed in threads)
+
+
+def _ordinal(day: str | date) -> int:
+    d = date.fromisoformat(day) if isinstance(day, str) else day
+    return (d - _EPOCH).days
+
+
+def _ord_to_str(ords: np.ndarray) -> np.ndarray:
+    return np.datetime_as_string(np.asarray(ords, dtype="datetime64[D]"), unit="D").astype(object)
+
+
+def default_users(events_per_day: int) -> int:
+    return int(min(200_000, max(500, events_per_day // 40)))
+
+
+def default_items(events_per_day: int) -> int:
+    return int(min(20_000, max(200, events_per_day // 200)))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# --------------------------------------------------------------------------- world
+
+
+@dataclass
+class World:
+    """Users, items and the hidden preferences that drive behaviour.
+
+    ``users`` / ``items`` hold exactly the public catalogue columns.  Ids are
+    contiguous: ``user_id`` in ``1..n_users`` and ``item_id`` in ``1..n_items``.
+    Everything prefixed with ``_`` is hidden (never written to the landing zone).
+    """
+
+    seed: int
+    n_users: int
+    n_items: int
+    users: pd.DataFrame
+    items: pd.DataFrame
+    _signup_ord: np.ndarray = field(repr=False)
+    _country: np.ndarray = field(repr=False)
+    _activity: np.ndarray = field(repr=False)
+    _taste: np.ndarray = field(repr=False)  # (n_users, n_genres), rows sum to 1
+    _user_vec: np.ndarray = field(repr=False)  # (n_users, LATENT_DIM)
+    _device_pref: np.ndarray = field(repr=False)
+    _genre: np.ndarray = field(repr=False)  # genre index per item
+    _duration: np.ndarray = field(repr=False)
+    _release_ord: np.ndarray = field(repr=False)
+    _quality: np.ndarray = field(repr=False)
+    _item_vec: np.ndarray = field(repr=False)
+    _popularity: np.ndarray = field(repr=False)  # Zipf-like exposure weight
+
+    @classmethod
+    def build(cls, seed: int, n_users: int, n_items: int) -> World:
+        if n_users < 1 or n_items < 1:
+            raise ValueError("n_users and n_items must be positive")
+        rng = np.random.default_rng([int(seed), int(n_users), int(n_items), 0x57EA])
+        n_genres = len(GENRES)
+
+        # ---- items
+        genre = rng.choice(n_genres, size=n_items, p=_GENRE_SHARE / _GENRE_SHARE.sum())
+        minutes = _GENRE_MINUTES[genre] * rng.lognormal(0.0, 0.25, size=n_items)
+        duration = np.clip(np.round(minutes * 60.0), 20 * 60, 180 * 60).astype(np.int64)
+        old = rng.random(n_items) < 0.70
+        release_ord = np.where(
+            old,
+            _ordinal("2025-01-01") + rng.integers(0, 365, size=n_items),
+            _ordinal("2026-01-01") + rng.integers(0, 730, size=n_items),
+        ).astype(np.int64)
+        quality = rng.normal(0.0, 1.0, size=n_items)
+        s = 0.53  # dot product of two such vectors has std ~0.8
+        item_vec = rng.normal(0.0, s, size=(n_items, LATENT_DIM))
+        # Popularity rank partly follows quality; exposure ~ 1 / rank.
+        rank = np.empty(n_items, np.int64)
+        rank[np.argsort(-(0.6 * quality + rng.normal(0.0, 1.0, size=n_items)), kind="stable")] = np.arange(
+            n_items
+        )
+        popularity = 1.0 / (rank + 1.0) ** 1.05
+
+        # ---- users
+        p_year = rng.random(n_users)
+        signup_ord = np.where(
+            p_year < 0.45,
+            _ordinal("2024-01-01") + rng.integers(0, 366, size=n_users),
+            np.where(
+                p_year < 0.85,
+                _ordinal("2025-01-01") + rng.integers(0, 365, size=n_users),
+                _ordinal("2026-01-01") + rng.integers(0, 365, size=n_users),
+            ),
+        ).astype(np.int64)
+        country = rng.choice(len(COUNTRIES), size=n_users, p=_COUNTRY_SHARE / _COUNTRY_SHARE.sum())
+        activity = rng.lognormal(0.0, 1.0, size=n_users)
+        taste = rng.dirichlet(np.full(n_genres, 0.3), size=n_users)
+        user_vec = rng.normal(0.0, s, size=(n_users, LATENT_DIM))
+        device_pref = rng.choice(len(DEVICES), size=n_users, p=_DEVICE_SHARE)
+
+        users = pd.DataFrame(
+            {
+                "user_id": np.arange(1, n_users + 1, dtype=np.int64),
+                "signup_date": pd.Series(_ord_to_str(signup_ord), dtype=object),
+                "country": pd.Series(np.array(COUNTRIES, dtype=object)[country], dtype=object),
+            }
+        )
+        items = pd.DataFrame(
+            {
+                "item_id": np.arange(1, n_items + 1, dtype=np.int64),
+                "genre": pd.Series(np.array(GENRES, dtype=object)[genre], dtype=object),
+                "duration_seconds": duration,
+                "release_date": pd.Series(_ord_to_str(release_ord), dtype=object),
+            }
+        )
+        return cls(
+            seed=int(seed),
+            n_users=int(n_users),
+            n_items=int(n_items),
+            users=users,
+            items=items,
+            _signup_ord=signup_ord,
+            _country=country,
+            _activity=activity,
+            _taste=taste,
+            _user_vec=user_vec,
+            _device_pref=device_pref,
+            _genre=genre,
+            _duration=duration,
+            _release_ord=release_ord,
+            _quality=quality,
+            _item_vec=item_vec,
+            _popularity=popularity,
+        )
+
+    # ---- oracle
+
+    def _index(self, ids, n: int, what: str) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 1 or ids.max() > n):
+            raise ValueError(f"unknown {what} id(s) in input")
+        return ids - 1
+
+    def _affinity_idx(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        dot = np.einsum("ij,ij->i", self._user_vec[u], self._item_vec[i])
+        genre_pref = np.log(len(GENRES) * self._taste[u, self._genre[i]] + 0.05)
+        return 0.9 * dot + 0.5 * self._quality[i] + 0.6 * genre_pref
+
+    def affinity(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """Hidden affinity of element-wise ``(user_id, item_id)`` pairs (higher = better)."""
+        u = self._index(user_ids, self.n_users, "user")
+        i = self._index(item_ids, self.n_items, "item")
+        u, i = np.broadcast_arrays(u, i)
+        return self._affinity_idx(u.ravel(), i.ravel()).reshape(u.shape)
+
+    def oracle_scores(self, user_id: int, item_ids) -> np.ndarray:
+        """Hidden affinity of one user to each of ``item_ids`` (the ideal ranking scores)."""
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        return self.affinity(np.full(item_ids.shape, int(user_id), dtype=np.int64), item_ids)
+
+    def play_probability(self, user_ids, item_ids) -> np.ndarray:
+        """Probability that an impression of the pair becomes a play."""
+        return _sigmoid(1.3 * self.affinity(user_ids, item_ids) - 1.7)
+
+
+# --------------------------------------------------------------------------- one day
+
+
+def _sample_items(world: World, rng, day_ord: int, users_idx: np.ndarray) -> np.ndarray:
+    """Pick one item (index) per impression: mixture of global popularity and user taste."""
+    n = users_idx.size
+    released = np.flatnonzero(world._release_ord <= day_ord)
+    if released.size == 0:
+        raise ValueError("no item is released yet on this day")
+    age = day_ord - world._release_ord[released]
+    weight = world._popularity[released] * (1.0 + 4.0 * np.exp(-age / 10.0))
+    out = np.empty(n, np.int64)
+
+    # Global popularity for ~40 % of impressions.
+    by_pop = rng.random(n) < 0.4
+    cdf = np.cumsum(weight)
+    r = rng.random(n)
+    out[by_pop] = released[
+        np.minimum(np.searchsorted(cdf, r[by_pop] * cdf[-1], side="right"), released.size - 1)
+    ]
+
+    # Genre drawn from the user's taste, then item by popularity within that genre.
+    rest = np.flatnonzero(~by_pop)
+    taste_cum = np.cumsum(world._taste[users_idx[rest]].astype(np.float32), axis=1)
+    g = (taste_cum < (rng.random(rest.size, dtype=np.float32) * taste_cum[:, -1])[:, None]).sum(axis=1)
+    g = np.minimum(g, len(GENRES) - 1)
+    r2 = rng.random(rest.size)
+    rel_genre = world._genre[released]
+    for k in range(len(GENRES)):
+        sel = g == k
+        if not sel.any():
+            continue
+        cand = np.flatnonzero(rel_genre == k)
+        if cand.size == 0:  # nothing of that genre released yet: fall back to popularity
+            out[rest[sel]] = released[
+                np.minimum(np.searchsorted(cdf, r2[sel] * cdf[-1], side="right"), released.size - 1)
+            ]
+            continue
+        c = np.cumsum(weight[cand])
+        out[rest[sel]] = released[
+            cand[np.minimum(np.searchsorted(c, r2[sel] * c[-1], side="right"), cand.size - 1)]
+        ]
+    return out
+
+
+def _simulate(world: World, day: str, n_rows: int, rng) -> dict[str, np.ndarray]:
+    """Simulate sessions and return exactly ``n_rows`` valid events sorted by time."""
+    day_ord = _ordinal(day)
+    eligible = np.flatnonzero(world._signup_ord <= day_ord)
+    if eligible.size == 0 or n_rows <= 0:
+        return {}
+
+    # Sessions: users drawn by activity with a per-day mood factor.
+    mean_imps = 7.0
+    n_sess = int(np.ceil(n_rows / mean_imps * 1.05)) + 16
+    w = world._activity[eligible] * rng.gamma(2.0, 0.5, size=eligible.size)
+    sess_user = eligible[rng.choice(eligible.size, size=n_sess, p=w / w.sum())]
+    sess_len = 1 + rng.poisson(mean_imps - 1.0, size=n_sess)
+    while sess_len.sum() < n_rows:  # rare: top up with more sessions
+        extra = n_rows // 4 + 16
+        sess_user = np.concatenate(
+            [sess_user, eligible[rng.choice(eligible.size, size=extra, p=w / w.sum())]]
+        )
+        sess_len = np.concatenate([sess_len, 1 + rng.poisson(mean_imps - 1.0, size=extra)])
+        n_sess += extra
+    # A pool of n_rows impressions always yields >= n_rows lines.
+    cum = np.cumsum(sess_len)
+    n_sess = int(np.searchsorted(cum, n_rows)) + 1
+    sess_len = sess_len[:n_sess].copy()
+    sess_len[-1] -= cum[n_sess - 1] - n_rows
+    sess_user = sess_user[:n_sess]
+    sess_idx = np.repeat(np.arange(n_sess), sess_len)
+    u = sess_user[sess_idx]
+    i = _sample_items(world, rng, day_ord, u)
+
+    # Play decision and watch time from the hidden affinity.
+    aff = world._affinity_idx(u, i)
+    played = rng.random(n_rows) < _sigmoid(1.3 * aff - 1.7)
+    lines = np.cumsum(1 + played)
+    keep = int(np.searchsorted(lines, n_rows, side="right"))  # impressions fully kept
+    total = int(lines[keep - 1]) if keep else 0
+    if total < n_rows:  # one line short: the next impression is kept, without its play
+        played[keep] = False
+        keep += 1
+    sess_idx, u, i, aff, played = sess_idx[:keep], u[:keep], i[:keep], aff[:keep], played[:keep]
+    n_sess = int(sess_idx[-1]) + 1
+    sess_len = np.bincount(sess_idx, minlength=n_sess)
+
+    # Timing: evening-peaked session starts, impressions tens of seconds apart.
+    hour = rng.choice(24, size=n_sess, p=_HOUR_WEIGHTS / _HOUR_WEIGHTS.sum())
+    start = hour * 3_600_000 + rng.integers(0, 3_600_000, size=n_sess)
+    gaps = (2_000 + rng.exponential(30_000, size=keep)).astype(np.int64)
+    first = np.zeros(keep, bool)
+    first[np.cumsum(sess_len)[:-1]] = True
+    first[0] = True
+    gaps[first] = 0
+    offs = np.cumsum(gaps)
+    offs -= np.repeat(offs[first], sess_len)
+    span = offs[np.cumsum(sess_len) - 1]
+    start = np.minimum(start, _DAY_MS - 1 - 30_000 - span)
+    start = np.maximum(start, 0)
+    imp_ts = np.repeat(start, sess_len) + offs
+    play_delay = rng.integers(500, 20_000, size=keep)
+    play_ts = np.minimum(imp_ts + play_delay, _DAY_MS - 1)
+
+    dur = world._duration[i].astype(float)
+    frac = _sigmoid(1.5 * aff - 0.6 + rng.normal(0.0, 1.0, size=keep))
+    watch = np.minimum(np.maximum(np.round(frac * dur, 1), 1.0), dur)
+
+    sess_device = np.where(
+        rng.random(n_sess) < 0.7,
+        world._device_pref[sess_user[:n_sess]],
+        rng.choice(len(DEVICES), size=n_sess, p=_DEVICE_SHARE),
+    )
+
+    p = np.flatnonzero(played)
+    ts = np.concatenate([imp_ts, play_ts[p]])
+    etype = np.concatenate([np.zeros(keep, np.int8), np.ones(p.size, np.int8)])
+    order = np.lexsort((etype, ts))
+    src = np.concatenate([np.arange(keep), p])[order]
+    return {
+        "ts": ts[order],
+        "etype": etype[order],
+        "user": u[src] + 1,
+        "item": i[src] + 1,
+        "watch": np.where(etype[order] == 1, watch[src], 0.0),
+        "device": sess_device[sess_idx[src]],
+        "session": sess_idx[src],
+        # impression rows whose play follows later: never made malformed
+        "led_to_play": (etype[order] == 0) & played[src],
+    }
+
+
+_LINE_FMT = (
+    '{"event_id":"ev-%s-%08d","user_id":%d,"item_id":%d,"event_type":"%s",'
+    '"event_timestamp":"%sT%02d:%02d:%02d.%03dZ","watch_seconds":%.1f,'
+    '"device":"%s","session_id":"se-%s-%07d"}'
+)
+
+
+def _format_lines(day: str, ev: dict[str, np.ndarray]) -> list[str]:
+    n = ev["ts"].size
+    ymd = day.replace("-", "")
+    ts = ev["ts"]
+    hh, rem = np.divmod(ts, 3_600_000)
+    mi, rem = np.divmod(rem, 60_000)
+    ss, ms = np.divmod(rem, 1000)
+    etype = np.array(["impression", "play"], dtype=object)[ev["etype"]]
+    device = np.array(DEVICES, dtype=object)[ev["device"]]
+    fmt = _LINE_FMT
+    cols = (
+        range(n),
+        ev["user"].tolist(),
+        ev["item"].tolist(),
+        etype.tolist(),
+        hh.tolist(),
+        mi.tolist(),
+        ss.tolist(),
+        ms.tolist(),
+        ev["watch"].tolist(),
+        device.tolist(),
+        ev["session"].tolist(),
+    )
+    return [
+        fmt % (ymd, k, uu, ii, et, day, h, m, s, x, wt, dv, ymd, se)
+        for k, uu, ii, et, h, m, s, x, wt, dv, se in zip(*cols, strict=True)
+    ]
+
+
+def _corrupt(line: str, kind: str, day: str, rng) -> str:
+    if kind == "truncated_json":
+        return line[: int(rng.integers(5, len(line) - 1))]
+    rec = json.loads(line)
+    if kind == "missing_field":
+        del rec[_DROPPABLE_FIELDS[int(rng.integers(len(_DROPPABLE_FIELDS)))]]
+    elif kind == "negative_watch":
+        rec["watch_seconds"] = -round(float(rng.uniform(0.1, 3600.0)), 1)
+    elif kind == "unknown_user":
+        rec["user_id"] = UNKNOWN_ID_BASE + int(rng.integers(0, 1_000_000))
+    elif kind == "unknown_item":
+        rec["item_id"] = UNKNOWN_ID_BASE + int(rng.integers(0, 1_000_000))
+    elif kind == "timestamp_out_of_day":
+        base = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        off = int(rng.integers(60_000, 36 * 3_600_000))
+        t = (
+            base - timedelta(milliseconds=off)
+            if rng.random() < 0.5
+            else base + timedelta(milliseconds=_DAY_MS + off)
+        )
+        rec["event_timestamp"] = t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    else:  # pragma: no cover
+        raise ValueError(kind)
+    return json.dumps(rec, separators=(",", ":"))
+
+
+def _gzip(data: bytes) -> bytes:
+    """Deterministic gzip (mtime 0, no name); large inputs become several members
+    compressed in parallel threads (a multi-member gzip file is standard gzip)."""
+    if len(data) <= _GZIP_CHUNK:
+        return gzip.compress(data, compresslevel=_GZIP_LEVEL, mtime=0)
+    chunks = [data[k : k + _GZIP_CHUNK] for k in range(0, len(data), _GZIP_CHUNK)]
+    workers = max(1, min(len(chunks), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as ex:
+        parts = list(ex.map(lambda c: gzip.compress(c, compresslevel=_GZIP_LEVEL, mtime=0), chunks))
+    return b"".join(parts)
+
+
+@dataclass
+class DayStats:
+    records: int = 0
+    valid: int = 0
+    impressions: int = 0
+    plays: int = 0
+    malformed: dict = field(default_factory=dict)
+    duplicates: int = 0
+
+
+def _generate_day(
+    world: World,
+    day: str,
+    events_per_day: int,
+    seed: int,
+    malformed_rate: float = 0.002,
+    duplicate_rate: float | None = None,
+) -> tuple[bytes, DayStats]:
+    if not 0.0 <= malformed_rate < 0.5:
+        raise ValueError("malformed_rate must be within [0, 0.5)")
+    if duplicate_rate is None:
+        duplicate_rate = malformed_rate / 4.0
+    if not 0.0 <= duplicate_rate < 0.5:
+        raise ValueError("duplicate_rate must be within [0, 0.5)")
+    day = date.fromisoformat(day).isoformat()
+    rng = np.random.default_rng([int(seed), _ordinal(day) + 100_000, 0xDA7])
+    total = int(events_per_day)
+    n_dup = int(round(total * duplicate_rate))
+    n_mal = int(round(total * malformed_rate))
+    ev = _simulate(world, day, total - n_dup, rng)
+    stats = DayStats()
+    if not ev:
+        return _gzip(b""), stats
+    lines = _format_lines(day, ev)
+    n = len(lines)
+
+    # Malformed lines replace events in place (never an impression that leads to a play).
+    cand = np.flatnonzero(~ev["led_to_play"])
+    n_mal = min(n_mal, cand.size)
+    mal_pos = np.sort(rng.choice(cand, size=n_mal, replace=False))
+    kinds = rng.permutation(np.arange(n_mal) % len(MALFORMED_KINDS))
+    for pos, k in zip(mal_pos.tolist(), kinds.tolist(), strict=True):
+        lines[pos] = _corrupt(lines[pos], MALFORMED_KINDS[k], day, rng)
+        stats.malformed[MALFORMED_KINDS[k]] = stats.malformed.get(MALFORMED_KINDS[k], 0) + 1
+
+    # Exact duplicates of valid lines, written right after the original.
+    if n_dup:
+        ok = np.ones(n, bool)
+        ok[mal_pos] = False
+        dup_src = np.sort(rng.choice(np.flatnonzero(ok), size=min(n_dup, int(ok.sum())), replace=False))
+        order = np.sort(np.concatenate([np.arange(n), dup_src]), kind="stable")
+        lines = [lines[j] for j in order.tolist()]
+        stats.duplicates = int(dup_src.size)
+
+    stats.records = len(lines)
+    stats.valid = n - n_mal
+    stats.plays = int(ev["etype"].sum())
+    stats.impressions = n - stats.plays
+    lines.append("")
+    return _gzip("\n".join(lines).encode()), stats
+
+
+def generate_day(
+    world: World,
+    day: str,
+    events_per_day: int,
+    seed: int,
+    malformed_rate: float = 0.002,
+    duplicate_rate: float | None = None,
+) -> bytes:
+    """Gzip bytes of one day's JSON-lines event file (deterministic, see module doc)."""
+    return _generate_day(world, day, events_per_day, seed, malformed_rate, duplicate_rate)[0]
+
+
+# --------------------------------------------------------------------------- landing zone
+
+
+def _join(landing: str, *parts: str) -> str:
+    return "/".join([landing.rstrip("/"), *parts])
+
+
+def events_path(landing: str, day: str) -> str:
+    return _join(landing, "events", f"date={day}", f"events-{day}.jsonl.gz")
+
+
+def marker_path(landing: str, day: str) -> str:
+    return _join(landing, "events", f"date={day}", "_SUCCESS")
+
+
+def users_path(landing: str) -> str:
+    return _join(landing, "catalog", "users.parquet")
+
+
+def items_path(landing: str) -> str:
+    return _join(landing, "catalog", "items.parquet")
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
+def _write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri``: local paths atomically (temp file + rename), URIs via UPath."""
+    if _is_remote(uri):
+        from upath import UPath
+
+        p = UPath(uri)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except Exception:  # object stores often have no directories
+            pass
+        p.write_bytes(data)
+        return
+    directory = os.path.dirname(uri) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(uri)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, uri)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_bytes(uri: str) -> bytes | None:
+    """File contents, or None when it does not exist."""
+    try:
+        if _is_remote(uri):
+            from upath import UPath
+
+            return UPath(uri).read_bytes()
+        with open(uri, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _exists(uri: str) -> bool:
+    if _is_remote(uri):
+        from upath import UPath
+
+        return UPath(uri).exists()
+    return os.path.exists(uri)
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def write_catalog(landing: str, world: World) -> bool:
+    """Write users/items parquet files unless identical ones exist; True when written."""
+    wrote = False
+    for uri, df in ((users_path(landing), world.users), (items_path(landing), world.items)):
+        data = _parquet_bytes(df)
+        if _read_bytes(uri) != data:
+            _write_bytes(uri, data)
+            wrote = True
+    return wrote
+
+
+def _days(start: str, end: str) -> list[str]:
+    s, e = date.fromisoformat(start), date.fromisoformat(end)
+    if e < s:
+        raise ValueError(f"end {end} is before start {start}")
+    return [(s + timedelta(days=k)).isoformat() for k in range((e - s).days + 1)]
+
+
+def generation_params(
+    events_per_day: int,
+    seed: int,
+    users: int,
+    items: int,
+    malformed_rate: float,
+    duplicate_rate: float | None = None,
+) -> dict:
+    return {
+        "generator": GENERATOR_VERSION,
+        "seed": int(seed),
+        "events_per_day": int(events_per_day),
+        "users": int(users),
+        "items": int(items),
+        "malformed_rate": float(malformed_rate),
+        "duplicate_rate": float(malformed_rate / 4.0 if duplicate_rate is None else duplicate_rate),
+    }
+
+
+def generate(
+    landing: str,
+    start: str,
+    end: str,
+    events_per_day: int,
+    seed: int,
+    users: int | None = None,
+    items: int | None = None,
+    malformed_rate: float = 0.002,
+    force: bool = False,
+    duplicate_rate: float | None = None,
+) -> list[dict]:
+    """Write the catalogue and one event file + ``_SUCCESS`` marker per day of ``[start, end]``.
+
+    A day is skipped when its data file exists and its marker holds identical
+    generation parameters, unless ``force``.  Returns one summary per day:
+    ``{"date", "records", "seconds", "skipped", "path", "sha256", "malformed", "duplicates"}``
+    (``malformed``/``duplicates`` are None for skipped days).
+    """
+    days = _days(start, end)
+    users = default_users(events_per_day) if users is None else int(users)
+    items = default_items(events_per_day) if items is None else int(items)
+    params = generation_params(events_per_day, seed, users, items, malformed_rate, duplicate_rate)
+    world = World.build(seed, users, items)
+    write_catalog(landing, world)
+    out = []
+    for day in days:
+        t0 = time.perf_counter()
+        data_uri, mark_uri = events_path(landing, day), marker_path(landing, day)
+        if not force:
+            raw = _read_bytes(mark_uri)
+            if raw is not None and _exists(data_uri):
+                try:
+                    marker = json.loads(raw)
+                except ValueError:
+                    marker = None
+                if isinstance(marker, dict) and marker.get("params") == params:
+                    out.append(
+                        {
+                            "date": day,
+                            "records": int(marker.get("records", 0)),
+                            "seconds": time.perf_counter() - t0,
+                            "skipped": True,
+                            "path": data_uri,
+                            "sha256": marker.get("sha256"),
+                            "malformed": None,
+                            "duplicates": None,
+                        }
+                    )
+                    continue
+        data, stats = _generate_day(
+            world, day, events_per_day, seed, malformed_rate, params["duplicate_rate"]
+        )
+        sha = hashlib.sha256(data).hexdigest()
+        _write_bytes(data_uri, data)
+        marker = {"date": day, "records": stats.records, "sha256": sha, "params": params}
+        _write_bytes(mark_uri, json.dumps(marker, sort_keys=True).encode())
+        out.append(
+            {
+                "date": day,
+                "records": stats.records,
+                "seconds": time.perf_counter() - t0,
+                "skipped": False,
+                "path": data_uri,
+                "sha256": sha,
+                "malformed": sum(stats.malformed.values()),
+                "duplicates": stats.duplicates,
+            }
+        )
+    return out
