@@ -141,7 +141,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             return
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(
-                f"{type(self).__name__} stores pandas DataFrames; output '{context.name}' of "
+                f"{type(self).__name__} stores pandas DataFrames; the output of "
                 f"{context.asset_key.to_user_string()} is a {type(obj).__name__}."
             )
         asset_key = context.asset_key

@@ -138,6 +138,8 @@ def _finish_features(feats: pd.DataFrame, entity: str) -> pd.DataFrame:
     for col in list(feats.columns):
         if re.match(r"^(impressions|plays|completions)_\d+d$", col):
             feats[col] = np.rint(feats[col]).astype("int64")
+        elif col.startswith(("watch_seconds_", GENRE_PREFIX)):
+            feats[col] = feats[col].astype("float64")  # np.bincount of nothing is int64
     for w in RATE_WINDOWS:
         if f"plays_{w}d" in feats:
             plays = feats[f"plays_{w}d"].astype("float64")
