@@ -109,7 +109,12 @@ def raw_events(
 
     valid, rejected, per_day, errors = [], [], {}, []
     for day in context.partition_keys:
-        result = ingest_day(landing.read_events(day), day, user_ids, item_ids)
+        try:
+            data = landing.read_events(day)
+        except FileNotFoundError as exc:
+            # Not delivered (or not complete): retrying the step cannot make the file appear.
+            raise dg.Failure(str(exc), allow_retries=False) from exc
+        result = ingest_day(data, day, user_ids, item_ids)
         valid.append(result.valid)
         rejected.append(result.rejected)
         per_day[day] = {

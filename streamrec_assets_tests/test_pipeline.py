@@ -1,0 +1,161 @@
+"""Integration: materialise ingest + features for 32 days of tiny data in a temporary DAGSTER_HOME."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date, timedelta
+
+import dagster as dg
+import pandas as pd
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from streamrec_assets import datagen
+from streamrec_assets.definitions import all_assets, build_resources
+from streamrec_assets.io_managers import PartitionedParquetIOManager
+from streamrec_assets_tests.conftest import START, TINY_EVENTS, tiny_settings
+
+pytestmark = pytest.mark.slow
+END = "2026-02-01"
+PARTITIONED = ["raw_events", "raw_events_dlq", "user_daily_activity", "item_daily_activity", "user_features",
+               "item_features"]
+
+
+def days(start: str, end: str) -> list[str]:
+    a, b = date.fromisoformat(start), date.fromisoformat(end)
+    return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+def run_range(settings, instance, start, end, selection="*", raise_on_error=True):
+    return dg.materialize(
+        all_assets,
+        selection=selection,
+        resources=build_resources(settings),
+        instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
+        raise_on_error=raise_on_error,
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline(landing_32, tmp_path_factory):
+    settings = tiny_settings(landing_32)
+    home = tmp_path_factory.mktemp("dagster_home")
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        result = run_range(settings, instance, START, END)
+        yield settings, instance, result
+
+
+def store(settings) -> PartitionedParquetIOManager:
+    return PartitionedParquetIOManager(base_uri=settings.storage_uri)
+
+
+def read(settings, asset: str, keys: list[str]) -> pd.DataFrame:
+    from streamrec_assets.io_managers import read_parquet
+
+    frames = [read_parquet(store(settings).partition_path(dg.AssetKey(asset), k)) for k in keys]
+    return pd.concat([f for f in frames if len(f)], ignore_index=True)
+
+
+def test_every_partition_materialised_and_checks_pass(pipeline):
+    settings, instance, result = pipeline
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    assert evaluations, "contract checks ran"
+    failed = [(e.asset_key.to_user_string(), e.check_name, e.metadata) for e in evaluations if not e.passed]
+    assert failed == []
+    checked = {e.asset_key.to_user_string() for e in evaluations}
+    assert set(PARTITIONED) | {"user_catalog", "item_catalog"} <= checked
+    for asset in PARTITIONED:
+        status = instance.get_status_by_partition(
+            dg.AssetKey(asset), days(START, END), partitions_def=dg.DailyPartitionsDefinition("2026-01-01")
+        )
+        assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}, asset
+        for day in days(START, END):
+            assert store(settings).partition_path(dg.AssetKey(asset), day).exists(), (asset, day)
+
+
+def test_landing_records_reconcile(pipeline):
+    settings, _, _ = pipeline
+    keys = days(START, END)
+    records = sum(json.loads(open(datagen.marker_path(settings.landing_uri, d)).read())["records"] for d in keys)
+    valid, rejected = read(settings, "raw_events", keys), read(settings, "raw_events_dlq", keys)
+    assert records == TINY_EVENTS * len(keys)
+    assert len(valid) + len(rejected) == records
+    assert valid["event_id"].is_unique
+    per_day = valid.groupby("date").size()
+    assert list(per_day.index) == keys
+
+
+def test_features_equal_recomputation_from_raw_events(pipeline):
+    """user_features of the last day == the window recomputed from 28 days of stored raw events."""
+    from streamrec_assets.core.features import rolling_features, user_daily_activity
+    from streamrec_assets.io_managers import read_parquet
+
+    settings, _, _ = pipeline
+    window = days("2026-01-05", END)
+    raw = read(settings, "raw_events", window)
+    items = read_parquet(store(settings).unpartitioned_path(dg.AssetKey("item_catalog")))
+    expected = rolling_features(user_daily_activity(raw, items), [END], "user_id", first_day=START)
+    got = read(settings, "user_features", [END])
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    early = read(settings, "user_features", ["2026-01-01", "2026-01-10"]).groupby("date")["history_days"].first()
+    assert early.to_dict() == {"2026-01-01": 1, "2026-01-10": 10}
+
+
+def test_asset_metadata_tells_the_story(pipeline):
+    _, instance, _ = pipeline
+    event = instance.get_latest_materialization_event(dg.AssetKey("raw_events"))
+    meta = event.asset_materialization.metadata
+    for key in ("dagster/row_count", "rejected_records", "duplicates_dropped", "failure_rate", "preview"):
+        assert key in meta, key
+    feats = instance.get_latest_materialization_event(dg.AssetKey("user_features")).asset_materialization.metadata
+    assert "plays_28d" in feats["feature_columns"].value
+    assert feats["windows_clipped_at_start_of_history"].value["2026-01-01"] == 1
+
+
+def test_rematerialising_a_partition_replaces_it(pipeline):
+    settings, instance, _ = pipeline
+    before = read(settings, "raw_events", ["2026-01-15"])
+    selection = dg.AssetSelection.assets("raw_events", "raw_events_dlq").downstream()
+    result = run_range(settings, instance, "2026-01-15", "2026-01-15", selection=selection)
+    assert result.success
+    pd.testing.assert_frame_equal(read(settings, "raw_events", ["2026-01-15"]), before)
+
+
+def test_failure_budget_stops_the_run_and_downstream(landing_32, tmp_path):
+    settings = tiny_settings(tmp_path)
+    shutil.copytree(landing_32 / "landing", tmp_path / "landing")
+    bad_day = "2026-01-02"
+    world = datagen.World.build(11, datagen.default_users(TINY_EVENTS), datagen.default_items(TINY_EVENTS))
+    data = datagen.generate_day(world, bad_day, TINY_EVENTS, seed=11, malformed_rate=0.05)
+    (tmp_path / "landing" / "events" / f"date={bad_day}" / f"events-{bad_day}.jsonl.gz").write_bytes(data)
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        result = run_range(settings, instance, "2026-01-01", "2026-01-03", raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        text = str(failure.event_specific_data.error) + str(failure.event_specific_data.user_failure_data)
+        assert f"events-{bad_day}.jsonl.gz" in text and "5.00%" in text and "Top reasons" in text
+        assert instance.get_latest_materialization_event(dg.AssetKey("raw_events")) is None
+        for downstream in ("user_daily_activity", "user_features", "item_features"):
+            assert instance.get_latest_materialization_event(dg.AssetKey(downstream)) is None
+        # The rejected records are kept for inspection.
+        dlq = read(settings, "raw_events_dlq", [bad_day])
+        assert len(dlq) >= 0.05 * TINY_EVENTS
+
+
+def test_missing_upstream_partition_is_reported_by_name(pipeline, tmp_path):
+    settings, _, _ = pipeline
+    isolated = tiny_settings(tmp_path)
+    shutil.copytree(settings.storage_uri, isolated.storage_uri)
+    shutil.rmtree(f"{isolated.storage_uri}/user_daily_activity/date=2026-01-20")
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        result = run_range(isolated, instance, "2026-01-25", "2026-01-25", selection="user_features",
+                           raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    assert "user_daily_activity" in message and "2026-01-20" in message and "Materialise them first" in message
