@@ -235,3 +235,27 @@ def validate(df: pd.DataFrame, schema: pa.DataFrameSchema) -> ContractResult:
     except pa.errors.SchemaErrors as err:
         return ContractResult(schema.name or "?", len(df), False, err.failure_cases)
     return ContractResult(schema.name or "?", len(df), True)
+
+
+training_examples_schema = pa.DataFrameSchema(
+    {
+        "example_id": pa.Column(str, unique=True, nullable=False),
+        "date": _date_col(),
+        "user_id": pa.Column("int64", nullable=False),
+        "item_id": pa.Column("int64", nullable=False),
+        "session_id": pa.Column(str, nullable=False),
+        "event_timestamp": pa.Column(TIMESTAMP, nullable=False),
+        "label": pa.Column("int64", pa.Check.isin([0, 1, 2]), nullable=False),
+        "user_features__plays_28d": pa.Column(float, pa.Check.ge(0), nullable=True, coerce=True),
+        "item_features__plays_28d": pa.Column(float, pa.Check.ge(0), nullable=True, coerce=True),
+        "user_genre_share_for_item": pa.Column(float, pa.Check.in_range(0, 1), nullable=True),
+        "item_age_days": pa.Column(float, nullable=True),
+    },
+    checks=[
+        pa.Check(
+            lambda df: df["event_timestamp"].dt.strftime("%Y-%m-%d") == df["date"], name="impression_in_partition"
+        ),
+    ],
+    strict=False,
+    name="training_examples",
+)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from streamrec_assets.assets import features, ingest
+from streamrec_assets.assets import feature_store, features, ingest, training
 from streamrec_assets.io_managers import PartitionedParquetIOManager
 from streamrec_assets.partitions import daily_partitions
-from streamrec_assets.resources import LandingZone
+from streamrec_assets.resources import ArtifactStore, FeastResource, LandingZone, MLflowResource
 from streamrec_assets.settings import Settings, get_settings
 
 
@@ -18,10 +18,21 @@ def build_resources(settings: Settings) -> dict:
             base_uri=settings.storage_uri, s3_endpoint_url=settings.s3_endpoint_url
         ),
         "landing": LandingZone(uri=settings.landing_uri, s3_endpoint_url=settings.s3_endpoint_url),
+        "artifacts": ArtifactStore(base_uri=settings.storage_uri, s3_endpoint_url=settings.s3_endpoint_url),
+        "feast": FeastResource(
+            storage_uri=settings.storage_uri,
+            repo_dir=settings.feast_dir,
+            online_store=settings.feast_online_store,
+            redis_url=settings.redis_url,
+            s3_endpoint_url=settings.s3_endpoint_url,
+        ),
+        "mlflow": MLflowResource(
+            tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifacts_uri
+        ),
     }
 
 
-all_assets = dg.load_assets_from_modules([ingest, features])
+all_assets = dg.load_assets_from_modules([ingest, features, feature_store, training])
 
 daily_pipeline_job = dg.define_asset_job(
     "daily_pipeline",

@@ -71,6 +71,29 @@ def is_local(path: UPath) -> bool:
     return getattr(path, "protocol", "") in _LOCAL_PROTOCOLS
 
 
+def _atomic_write(path: UPath, write) -> int:
+    """Call ``write(target)`` so that ``path`` appears complete or not at all; returns its size.
+
+    Locally ``write`` fills a temporary file in the same directory, renamed over
+    ``path``. On object stores one PUT (or a multipart upload completed at close)
+    is atomic, so readers see the previous object or the new one, never a prefix.
+    """
+    if is_local(path):
+        target = str(path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return os.path.getsize(target)
+    with path.open("wb") as handle:
+        write(handle)
+    return path.stat().st_size
+
+
 def write_parquet(df: pd.DataFrame, path: UPath) -> int:
     """Write ``df`` to ``path`` atomically; returns the number of bytes written."""
     import pyarrow as pa
@@ -78,22 +101,20 @@ def write_parquet(df: pd.DataFrame, path: UPath) -> int:
 
     table = pa.Table.from_pandas(df, preserve_index=False)
     options = dict(compression="zstd", coerce_timestamps="us", allow_truncated_timestamps=True)
-    if is_local(path):
-        target = str(path)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
-        try:
-            pq.write_table(table, tmp, **options)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return os.path.getsize(target)
-    # Object stores: one PUT (or a multipart upload completed at close) is atomic,
-    # so readers see the previous object or the new one, never a prefix of it.
-    with path.open("wb") as handle:
-        pq.write_table(table, handle, **options)
-    return path.stat().st_size
+    return _atomic_write(path, lambda target: pq.write_table(table, target, **options))
+
+
+def write_bytes(data: bytes, path: UPath) -> int:
+    """Write ``data`` to ``path`` atomically; returns the number of bytes written."""
+
+    def write(target) -> None:
+        if isinstance(target, str):
+            with open(target, "wb") as handle:
+                handle.write(data)
+        else:
+            target.write(data)
+
+    return _atomic_write(path, write)
 
 
 def read_parquet(path: UPath) -> pd.DataFrame:

@@ -30,3 +30,6 @@ feature_window_mapping = dg.TimeWindowPartitionMapping(start_offset=-(LONGEST_WI
 single_run = dg.BackfillPolicy.single_run()
 # backfill_policy is a deliberate, pinned (dagster==1.13.27) choice; keep its beta notice out of every load.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+
+#: Day D depends on day D-1 (e.g. training examples of D use features known at the start of D).
+previous_day_mapping = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)

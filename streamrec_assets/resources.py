@@ -71,3 +71,129 @@ class LandingZone(dg.ConfigurableResource):
             )
         with path.open("rb") as handle:
             return pq.read_table(handle).to_pandas()
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    """Files that are not tables (models in their own formats, JSON records), next to the assets.
+
+    ``<base_uri>/<asset>/date=YYYY-MM-DD/<name>``. A directory is complete when its
+    ``manifest.json`` exists: writers put it last, readers look for it first.
+    """
+
+    base_uri: str = Field(description="Root of asset storage: a local directory or s3://bucket/prefix.")
+    s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
+
+    def _io(self):
+        from streamrec_assets.io_managers import PartitionedParquetIOManager
+
+        return PartitionedParquetIOManager(base_uri=self.base_uri, s3_endpoint_url=self.s3_endpoint_url)
+
+    def path(self, asset: str, day: str, name: str) -> UPath:
+        return self._io().partition_path(dg.AssetKey(asset), day).parent / name
+
+    def write_bytes(self, asset: str, day: str, name: str, data: bytes) -> UPath:
+        from streamrec_assets.io_managers import write_bytes
+
+        path = self.path(asset, day, name)
+        write_bytes(data, path)
+        return path
+
+    def read_bytes(self, asset: str, day: str, name: str) -> bytes:
+        return self.path(asset, day, name).read_bytes()
+
+    def write_table(self, asset: str, day: str, name: str, df: pd.DataFrame) -> UPath:
+        from streamrec_assets.io_managers import write_parquet
+
+        path = self.path(asset, day, name)
+        write_parquet(df, path)
+        return path
+
+    def read_table(self, asset: str, day: str, name: str) -> pd.DataFrame:
+        from streamrec_assets.io_managers import read_parquet
+
+        return read_parquet(self.path(asset, day, name))
+
+    def write_manifest(self, asset: str, day: str, manifest: dict) -> UPath:
+        import json
+
+        return self.write_bytes(asset, day, "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+    def read_manifest(self, asset: str, day: str) -> dict | None:
+        """The manifest of a complete artifact directory, or None when absent."""
+        import json
+
+        from streamrec_assets.io_managers import path_exists
+
+        path = self.path(asset, day, "manifest.json")
+        return json.loads(path.read_bytes()) if path_exists(path) else None
+
+
+class FeastResource(dg.ConfigurableResource):
+    """The Feast feature store (DuckDB offline store; SQLite or Redis online store)."""
+
+    storage_uri: str = Field(description="Where the feature tables live (the sources of the feature views).")
+    repo_dir: str = Field(description="Directory of the Feast registry and SQLite online store.")
+    online_store: str = Field(default="sqlite", description="'sqlite' or 'redis'.")
+    redis_url: str = Field(default="", description="Redis connection string, e.g. localhost:6379.")
+    s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
+
+    def settings(self):
+        from streamrec_assets.feature_repo import FeastSettings
+
+        return FeastSettings(
+            storage_uri=self.storage_uri,
+            repo_dir=self.repo_dir,
+            online_store=self.online_store,
+            redis_url=self.redis_url,
+            s3_endpoint_url=self.s3_endpoint_url,
+        )
+
+    def store(self):
+        from streamrec_assets.feature_repo import get_store
+
+        return get_store(self.settings())
+
+    def objects(self) -> list:
+        from streamrec_assets.feature_repo import feature_objects
+
+        return feature_objects(self.settings())
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking and model registry (SQLite backend by default; any server by URI)."""
+
+    tracking_uri: str = Field(description="MLflow tracking URI (MLFLOW_TRACKING_URI).")
+    artifact_location: str = Field(default="", description="Artifact root for a new experiment (local backends).")
+    experiment: str = Field(default="streamrec", description="Experiment of the training runs.")
+    registered_model: str = Field(default="streamrec-ranker", description="Registered model name.")
+
+    def client(self):
+        import mlflow
+        from mlflow import MlflowClient
+
+        if self.tracking_uri.startswith("sqlite:///"):
+            from pathlib import Path
+
+            Path(self.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self, client) -> str:
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        return client.create_experiment(self.experiment, artifact_location=self.artifact_location or None)
+
+
+def feast_settings(settings):
+    """FeastSettings from the project Settings (also used by the feast CLI entry point)."""
+    from streamrec_assets.feature_repo import FeastSettings
+
+    return FeastSettings(
+        storage_uri=settings.storage_uri,
+        repo_dir=settings.feast_dir,
+        online_store=settings.feast_online_store,
+        redis_url=settings.redis_url,
+        s3_endpoint_url=settings.s3_endpoint_url,
+    )

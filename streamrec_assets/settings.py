@@ -54,6 +54,10 @@ class Settings:
     start_date: str = field(default_factory=lambda: _date("STREAMREC_START_DATE", DEFAULT_START_DATE))
     max_failure_rate: float = field(default_factory=lambda: _float("STREAMREC_MAX_FAILURE_RATE", 0.01))
     s3_endpoint_url: str = field(default_factory=lambda: _env("STREAMREC_S3_ENDPOINT_URL", ""))
+    feast_online_store: str = field(default_factory=lambda: _env("STREAMREC_FEAST_ONLINE_STORE", "sqlite"))
+    redis_url: str = field(default_factory=lambda: _env("STREAMREC_REDIS_URL", ""))
+    mlflow_tracking_uri: str = field(default_factory=lambda: _env("MLFLOW_TRACKING_URI", ""))
+    promotion_tolerance: float = field(default_factory=lambda: _float("STREAMREC_PROMOTION_TOLERANCE", 0.005))
 
     def __post_init__(self) -> None:
         # Derived defaults depend on ``home``; frozen dataclass, hence object.__setattr__.
@@ -65,17 +69,26 @@ class Settings:
             object.__setattr__(
                 self, "landing_uri", _uri(_env("STREAMREC_LANDING_URI", f"{self.home}/landing"))
             )
+        if not self.mlflow_tracking_uri:
+            object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{self.home}/mlflow/mlflow.db")
+        if self.feast_online_store not in ("sqlite", "redis"):
+            raise ValueError(
+                f"STREAMREC_FEAST_ONLINE_STORE must be 'sqlite' or 'redis', got {self.feast_online_store!r}"
+            )
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError(
                 f"STREAMREC_MAX_FAILURE_RATE must be within [0, 1], got {self.max_failure_rate}"
             )
 
     @property
-    def storage_options(self) -> dict:
-        """fsspec options for ``s3://`` URIs (endpoint only; credentials come from the AWS env)."""
-        if self.s3_endpoint_url:
-            return {"client_kwargs": {"endpoint_url": self.s3_endpoint_url}}
-        return {}
+    def feast_dir(self) -> str:
+        """Feast registry and SQLite online store (local state, even when storage is on S3)."""
+        return f"{self.home}/feast"
+
+    @property
+    def mlflow_artifacts_uri(self) -> str:
+        """Where a local MLflow backend stores artifacts (an MLflow server decides its own)."""
+        return f"{self.home}/mlflow/artifacts"
 
 
 def get_settings() -> Settings:

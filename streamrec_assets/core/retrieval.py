@@ -1,0 +1,265 @@
+"""Candidate generation: item co-visitation with a popularity fallback (pure; numpy/pandas only).
+
+Training reads the play events of a window and produces three small tables
+(:class:`RetrievalModel`): item→neighbor co-visitation scores, item
+popularity, and each user's recent play history. :func:`candidates` turns
+them into a fixed-size candidate list per user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+TS_DTYPE = "datetime64[us, UTC]"
+COVIS = "covis"
+POPULAR = "popular"
+FRAME_DTYPES: dict[str, dict[str, str]] = {
+    "neighbors": {"item_id": "int64", "neighbor_id": "int64", "score": "float64"},
+    "popularity": {"item_id": "int64", "plays": "int64"},
+    "history": {"user_id": "int64", "item_id": "int64", "last_played": TS_DTYPE, "plays": "int64"},
+}
+CANDIDATE_COLUMNS = ("user_id", "item_id", "retrieval_score", "source")
+
+
+def _empty(name: str) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=d) for c, d in FRAME_DTYPES[name].items()})
+
+
+def _coerce(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Select and type the columns of one model table (ids int64, scores float64, timestamps us/UTC)."""
+    out = {}
+    for col, dtype in FRAME_DTYPES[name].items():
+        if dtype == TS_DTYPE:
+            out[col] = pd.to_datetime(frame[col], utc=True).dt.as_unit("us")
+        else:
+            out[col] = frame[col].to_numpy().astype(dtype, copy=False)
+    return pd.DataFrame(out).reset_index(drop=True)
+
+
+def _position_in_group(keys: np.ndarray) -> np.ndarray:
+    """0-based position of each row within its run of equal ``keys`` (``keys`` sorted)."""
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, dtype="int64")
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = keys[1:] != keys[:-1]
+    first = np.flatnonzero(starts)
+    return np.arange(n, dtype="int64") - first[np.cumsum(starts) - 1]
+
+
+def _ts_int(ts: pd.Series) -> np.ndarray:
+    """Microseconds since the epoch of a tz-aware (UTC) timestamp series."""
+    return ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]").view("int64")
+
+
+def _id_array(ids: Iterable[int] | np.ndarray | None) -> np.ndarray | None:
+    if ids is None:
+        return None
+    if isinstance(ids, set | frozenset):
+        ids = sorted(ids)
+    return np.asarray(ids, dtype="int64").ravel()
+
+
+@dataclass
+class RetrievalModel:
+    """Co-visitation retrieval model trained on ``window_days`` days ending ``trained_through``.
+
+    * ``neighbors``: ``item_id, neighbor_id, score``; top ``max_neighbors`` per item
+      (score desc, ties by ``neighbor_id`` asc), sorted that way within ``item_id`` asc.
+    * ``popularity``: ``item_id, plays``; every item played in the window, plays desc then item_id asc.
+    * ``history``: ``user_id, item_id, last_played, plays``; at most ``max_history`` most
+      recently played items per user (sorted user asc, last_played desc, item_id asc).
+    """
+
+    neighbors: pd.DataFrame
+    popularity: pd.DataFrame
+    history: pd.DataFrame
+    trained_through: str
+    window_days: int
+
+    def to_frames(self) -> dict[str, pd.DataFrame]:
+        """The three tables by name (``neighbors``, ``popularity``, ``history``), for Parquet."""
+        return {"neighbors": self.neighbors, "popularity": self.popularity, "history": self.history}
+
+    @classmethod
+    def from_frames(
+        cls, frames: dict[str, pd.DataFrame], trained_through: str, window_days: int
+    ) -> RetrievalModel:
+        """Inverse of :meth:`to_frames`; re-applies the canonical dtypes."""
+        return cls(
+            neighbors=_coerce(frames["neighbors"], "neighbors"),
+            popularity=_coerce(frames["popularity"], "popularity"),
+            history=_coerce(frames["history"], "history"),
+            trained_through=str(trained_through),
+            window_days=int(window_days),
+        )
+
+
+def _covisitation(users: np.ndarray, items: np.ndarray, lookahead: int) -> tuple[np.ndarray, ...]:
+    """Symmetric pair scores from plays sorted by (user, time).
+
+    Each play is paired with the same user's next ``lookahead`` plays, weight
+    ``1 / distance``, self-pairs skipped. Returns ``(item, neighbor, score)`` arrays.
+    """
+    codes_items, codes = np.unique(items, return_inverse=True)
+    n_items = np.int64(len(codes_items))
+    codes = codes.astype("int64")
+    keys, weights = [], []
+    for d in range(1, lookahead + 1):
+        if d >= len(items):
+            break
+        a, b = codes[:-d], codes[d:]
+        keep = (users[:-d] == users[d:]) & (a != b)
+        a, b = a[keep], b[keep]
+        # Canonical unordered pair: (lo, hi) with lo < hi; the score is symmetric.
+        key = np.minimum(a, b) * n_items + np.maximum(a, b)
+        uniq, counts = np.unique(key, return_counts=True)
+        keys.append(uniq)
+        weights.append(counts / d)
+    if not keys:
+        return np.zeros(0, "int64"), np.zeros(0, "int64"), np.zeros(0, "float64")
+    pair, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    score = np.bincount(inverse, weights=np.concatenate(weights), minlength=len(pair))
+    lo, hi = codes_items[pair // n_items], codes_items[pair % n_items]
+    return np.concatenate([lo, hi]), np.concatenate([hi, lo]), np.concatenate([score, score])
+
+
+def train_covisitation(
+    plays: pd.DataFrame,
+    trained_through: str,
+    window_days: int,
+    lookahead: int = 5,
+    max_neighbors: int = 50,
+    max_history: int = 20,
+) -> RetrievalModel:
+    """Train the co-visitation model from the play events of the window.
+
+    ``plays``: ``user_id, item_id, event_timestamp`` (other columns ignored).
+    Each user's plays are ordered by time (ties by item_id); every play is
+    paired with the user's next ``lookahead`` plays in both directions with
+    weight ``1 / distance``; pair weights are summed over all users.
+    """
+    user = plays["user_id"].to_numpy().astype("int64", copy=False)
+    item = plays["item_id"].to_numpy().astype("int64", copy=False)
+    ts = pd.to_datetime(plays["event_timestamp"], utc=True).dt.as_unit("us")
+    order = np.lexsort((item, _ts_int(ts), user))
+    user, item, ts = user[order], item[order], ts.iloc[order].reset_index(drop=True)
+
+    # Neighbors: score desc, neighbor asc within item, top max_neighbors.
+    src, dst, score = _covisitation(user, item, lookahead)
+    by = np.lexsort((dst, -score, src))
+    src, dst, score = src[by], dst[by], score[by]
+    keep = _position_in_group(src) < max_neighbors
+    neighbors = pd.DataFrame({"item_id": src[keep], "neighbor_id": dst[keep], "score": score[keep]})
+
+    # Popularity: all items of the window, plays desc then item asc.
+    pop_items, pop_plays = np.unique(item, return_counts=True)
+    by = np.lexsort((pop_items, -pop_plays))
+    popularity = pd.DataFrame({"item_id": pop_items[by], "plays": pop_plays[by].astype("int64")})
+
+    # History: per (user, item) last play and count, max_history most recent per user.
+    hist = (
+        pd.DataFrame({"user_id": user, "item_id": item, "last_played": ts})
+        .groupby(["user_id", "item_id"], sort=True)
+        .agg(last_played=("last_played", "max"), plays=("last_played", "size"))
+        .reset_index()
+    )
+    last = _ts_int(hist["last_played"])
+    by = np.lexsort((hist["item_id"].to_numpy(), -last, hist["user_id"].to_numpy()))
+    hist = hist.iloc[by]
+    hist = hist.loc[_position_in_group(hist["user_id"].to_numpy()) < max_history]
+
+    return RetrievalModel(
+        neighbors=_coerce(neighbors, "neighbors") if len(neighbors) else _empty("neighbors"),
+        popularity=_coerce(popularity, "popularity") if len(popularity) else _empty("popularity"),
+        history=_coerce(hist, "history") if len(hist) else _empty("history"),
+        trained_through=str(pd.Timestamp(trained_through).date()),
+        window_days=int(window_days),
+    )
+
+
+def candidates(
+    model: RetrievalModel,
+    user_ids: Iterable[int] | np.ndarray,
+    n: int = 100,
+    exclude_unreleased: set[int] | None = None,
+    allowed_items: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Exactly ``min(n, available items)`` candidates per user: co-visitation first, then popularity.
+
+    ``score(c) = Σ_h neighbors(h→c).score × (1 + ln plays(h))`` over the user's history
+    items ``h``; top ``n`` by score (ties item_id asc), source ``'covis'``. The rest is
+    filled from popularity order with items not already chosen (score 0, source
+    ``'popular'``); cold users get pure popularity. Already-played items are allowed.
+    Available items are the popularity items in ``allowed_items`` (if given) and not in
+    ``exclude_unreleased`` (if given); both restrictions apply to both sources.
+
+    Returns ``user_id, item_id, retrieval_score, source`` sorted by user_id asc, then
+    candidate rank (row order within a user is the retrieval rank). Users are deduplicated.
+    """
+    users = np.unique(_id_array(user_ids))
+    pool = model.popularity["item_id"].to_numpy()
+    allowed, excluded = _id_array(allowed_items), _id_array(exclude_unreleased)
+    if allowed is not None:
+        pool = pool[np.isin(pool, allowed)]
+    if excluded is not None and len(excluded):
+        pool = pool[~np.isin(pool, excluded)]
+    n_eff = max(0, min(int(n), len(pool)))
+    if n_eff == 0 or len(users) == 0:
+        return pd.DataFrame(
+            {
+                "user_id": pd.Series(dtype="int64"),
+                "item_id": pd.Series(dtype="int64"),
+                "retrieval_score": pd.Series(dtype="float64"),
+                "source": pd.Series(dtype="object"),
+            }
+        )
+
+    # Co-visitation: history ⋈ neighbors, summed per (user, candidate), top n_eff per user.
+    hist = model.history
+    hist = hist.loc[np.isin(hist["user_id"].to_numpy(), users), ["user_id", "item_id", "plays"]]
+    nb = model.neighbors
+    nb = nb.loc[np.isin(nb["neighbor_id"].to_numpy(), pool), ["item_id", "neighbor_id", "score"]]
+    joined = hist.merge(nb, on="item_id", how="inner", sort=False)
+    joined["w"] = joined["score"].to_numpy() * (1.0 + np.log(joined["plays"].to_numpy(dtype="float64")))
+    agg = joined.groupby(["user_id", "neighbor_id"], sort=True)["w"].sum()
+    c_user = agg.index.get_level_values("user_id").to_numpy().astype("int64", copy=False)
+    c_item = agg.index.get_level_values("neighbor_id").to_numpy().astype("int64", copy=False)
+    c_score = agg.to_numpy(dtype="float64")
+    by = np.lexsort((c_item, -c_score, c_user))
+    c_user, c_item, c_score = c_user[by], c_item[by], c_score[by]
+    c_pos = _position_in_group(c_user)
+    keep = c_pos < n_eff
+    c_user, c_item, c_score, c_pos = c_user[keep], c_item[keep], c_score[keep], c_pos[keep]
+
+    # Popularity fill: users × top n_eff pool items, minus the covis picks.
+    top = pool[:n_eff]
+    c_uidx = np.searchsorted(users, c_user)
+    taken = np.zeros((len(users), n_eff), dtype=bool)
+    p_idx = pd.Index(top).get_indexer(c_item)
+    in_top = p_idx >= 0
+    taken[c_uidx[in_top], p_idx[in_top]] = True
+    n_covis = np.bincount(c_uidx, minlength=len(users))
+    fill_rank = np.cumsum(~taken, axis=1)  # 1-based rank among the free items
+    fill = ~taken & (fill_rank <= (n_eff - n_covis)[:, None])
+    f_uidx, f_col = np.nonzero(fill)
+    f_pos = n_covis[f_uidx] + fill_rank[f_uidx, f_col] - 1
+
+    uidx = np.concatenate([c_uidx, f_uidx])
+    pos = np.concatenate([c_pos, f_pos])
+    order = np.lexsort((pos, uidx))
+    out = pd.DataFrame(
+        {
+            "user_id": users[uidx[order]],
+            "item_id": np.concatenate([c_item, top[f_col]])[order],
+            "retrieval_score": np.concatenate([c_score, np.zeros(len(f_col))])[order],
+            "source": np.concatenate(
+                [np.full(len(c_item), COVIS, dtype=object), np.full(len(f_col), POPULAR, dtype=object)]
+            )[order],
+        }
+    )
+    return out
