@@ -259,3 +259,23 @@ training_examples_schema = pa.DataFrameSchema(
     strict=False,
     name="training_examples",
 )
+
+
+batch_recommendations_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col(),
+        "user_id": pa.Column("int64", nullable=False),
+        "rank": pa.Column("int64", pa.Check.in_range(1, 20), nullable=False),
+        "item_id": pa.Column("int64", nullable=False),
+        "score": pa.Column("float64", nullable=False),
+        "candidate_source": pa.Column(str, pa.Check.isin(["covis", "popular"]), nullable=False),
+        "model_version": pa.Column("int64", pa.Check.ge(1), nullable=False),
+        "feature_source": pa.Column(str, pa.Check.isin(["online", "offline"]), nullable=False),
+    },
+    checks=[
+        pa.Check(lambda df: ~df.duplicated(["date", "user_id", "rank"]), name="one_item_per_rank"),
+        pa.Check(lambda df: ~df.duplicated(["date", "user_id", "item_id"]), name="no_repeated_item"),
+    ],
+    strict=True,
+    name="batch_recommendations",
+)

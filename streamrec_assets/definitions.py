@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from streamrec_assets.assets import feature_store, features, ingest, training
+from streamrec_assets.assets import feature_store, features, ingest, models, registry, serving, training
 from streamrec_assets.io_managers import PartitionedParquetIOManager
 from streamrec_assets.partitions import daily_partitions
 from streamrec_assets.resources import ArtifactStore, FeastResource, LandingZone, MLflowResource
@@ -32,7 +32,7 @@ def build_resources(settings: Settings) -> dict:
     }
 
 
-all_assets = dg.load_assets_from_modules([ingest, features, feature_store, training])
+all_assets = dg.load_assets_from_modules([ingest, features, feature_store, training, models, registry, serving])
 
 daily_pipeline_job = dg.define_asset_job(
     "daily_pipeline",

@@ -56,6 +56,13 @@ class LandingZone(dg.ConfigurableResource):
             )
         return events.read_bytes()
 
+    def read_marker(self, day: str) -> dict | None:
+        """The day's completion marker (``{"date", "records", "sha256", "params"}``), or None."""
+        import json
+
+        marker = self.marker_path(day)
+        return json.loads(marker.read_bytes()) if marker.exists() else None
+
     def read_catalog(self, name: str) -> pd.DataFrame:
         """``name`` is ``users`` or ``items``."""
         import pyarrow.parquet as pq

@@ -25,10 +25,11 @@ def _relevant(relevance: pd.DataFrame) -> pd.DataFrame:
     return rel.groupby(KEYS, as_index=False, sort=True)["relevance"].max()
 
 
-def _top_k(ranked: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Rows of ``ranked`` with rank <= k, one per (user, item) with its best rank."""
+def _hits(ranked: pd.DataFrame, rel: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Relevant items ranked within the top ``k``: ``rel`` rows plus their best ``rank``."""
     top = ranked.loc[ranked["rank"].to_numpy() <= k, [*KEYS, "rank"]]
-    return top.groupby(KEYS, as_index=False, sort=False)["rank"].min()
+    hits = top.merge(rel, on=KEYS, how="inner")
+    return hits.groupby(KEYS, as_index=False, sort=False).agg(rank=("rank", "min"), relevance=("relevance", "first"))
 
 
 def _per_user(values: pd.Series, users: pd.Index, name: str) -> pd.Series:
@@ -47,7 +48,7 @@ def ndcg_at_k(ranked: pd.DataFrame, relevance: pd.DataFrame, k: int = 20) -> pd.
     if k <= 0 or users.empty:
         return pd.Series(np.zeros(len(users)), index=users, name="ndcg", dtype="float64")
 
-    hits = _top_k(ranked, k).merge(rel, on=KEYS, how="inner")
+    hits = _hits(ranked, rel, k)
     gain = np.exp2(hits["relevance"].to_numpy(dtype="float64")) - 1.0
     hits["dcg"] = gain / np.log2(hits["rank"].to_numpy(dtype="float64") + 1.0)
     dcg = hits.groupby("user_id")["dcg"].sum().reindex(users, fill_value=0.0)
@@ -73,7 +74,7 @@ def recall_at_k(ranked: pd.DataFrame, relevance: pd.DataFrame, k: int = 100) -> 
     n_relevant = rel.groupby("user_id").size().reindex(users)
     if k <= 0 or users.empty:
         return pd.Series(np.zeros(len(users)), index=users, name="recall", dtype="float64")
-    hits = _top_k(ranked, k).merge(rel[KEYS], on=KEYS, how="inner")
+    hits = _hits(ranked, rel, k)
     n_hits = hits.groupby("user_id").size().reindex(users, fill_value=0)
     return _per_user(n_hits / n_relevant, users, "recall")
 
@@ -95,6 +96,10 @@ def rank_by_score(scores: pd.DataFrame, k: int) -> pd.DataFrame:
     # NaN -> -inf so that it sorts last under the descending order.
     neg = -np.where(np.isnan(score), -np.inf, score)
     order = np.lexsort((scores["item_id"].to_numpy(), neg, scores["user_id"].to_numpy()))
-    out = scores.iloc[order][KEYS].reset_index(drop=True)
-    out["rank"] = out.groupby("user_id", sort=False).cumcount().astype("int64") + 1
-    return out.loc[out["rank"].to_numpy() <= k].reset_index(drop=True)
+    user = scores["user_id"].to_numpy()[order]
+    new_user = np.r_[True, user[1:] != user[:-1]]
+    rank = np.arange(len(user)) - np.flatnonzero(new_user)[np.cumsum(new_user) - 1] + 1
+    keep = rank <= k
+    return pd.DataFrame(
+        {"user_id": user[keep], "item_id": scores["item_id"].to_numpy()[order][keep], "rank": rank[keep]}
+    )

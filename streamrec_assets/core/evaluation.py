@@ -1,0 +1,95 @@
+"""Offline evaluation of a day: relevance, rankings of each method, NDCG@20 / Recall@100 (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from streamrec_assets.core.features import COMPLETION_THRESHOLD
+from streamrec_assets.core.metrics import ndcg_at_k, rank_by_score, recall_at_k
+
+NDCG_K = 20
+RECALL_K = 100
+METHODS = ("ours", "popularity", "oracle")
+
+
+def relevance_of_day(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Graded relevance per (user, item) played on the day: 2 completed, 1 played."""
+    plays = events[events["event_type"] == "play"][["user_id", "item_id", "watch_seconds"]]
+    duration = plays["item_id"].map(items.set_index("item_id")["duration_seconds"])
+    plays = plays.assign(relevance=np.where(plays["watch_seconds"] >= COMPLETION_THRESHOLD * duration, 2, 1))
+    rel = plays.groupby(["user_id", "item_id"], as_index=False)["relevance"].max()
+    return rel.astype({"relevance": "int64"})
+
+
+def sample_users(user_ids: np.ndarray, max_users: int, seed: int = 0) -> np.ndarray:
+    """A deterministic sample (sorted) of at most ``max_users`` users."""
+    users = np.unique(np.asarray(user_ids, dtype="int64"))
+    if len(users) <= max_users:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+
+
+def popularity_ranking(popularity: pd.DataFrame, users: np.ndarray, allowed: np.ndarray, k: int) -> pd.DataFrame:
+    """The same top-k popular (allowed) items for every user."""
+    top = popularity[popularity["item_id"].isin(allowed)].head(k)["item_id"].to_numpy()
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(users, len(top)),
+            "item_id": np.tile(top, len(users)),
+            "rank": np.tile(np.arange(1, len(top) + 1), len(users)),
+        }
+    )
+
+
+def oracle_ranking(
+    affinity: Callable[[np.ndarray, np.ndarray], np.ndarray], users: np.ndarray, allowed: np.ndarray, k: int
+) -> pd.DataFrame:
+    """Top-k allowed items per user by the generator's hidden affinity (an upper reference)."""
+    frames = []
+    for start in range(0, len(users), 256):
+        chunk = users[start : start + 256]
+        scores = affinity(np.repeat(chunk, len(allowed)), np.tile(allowed, len(chunk)))
+        frames.append(
+            pd.DataFrame({"user_id": np.repeat(chunk, len(allowed)), "item_id": np.tile(allowed, len(chunk)),
+                          "score": scores})
+        )
+    if not frames:
+        return pd.DataFrame({"user_id": [], "item_id": [], "rank": []}, dtype="int64")
+    return rank_by_score(pd.concat(frames, ignore_index=True), k)
+
+
+def impression_slates(examples: pd.DataFrame) -> pd.DataFrame:
+    """Each user's logged slate of a day: one row per (user, item) impressed, best label as relevance.
+
+    Only users whose slate can be ranked (two items or more, at least one played) are kept.
+    """
+    slate = examples.groupby(["user_id", "item_id"], as_index=False)["label"].max()
+    g = slate.groupby("user_id")["label"]
+    slate = slate[(g.transform("size") > 1) & (g.transform("max") > 0)]
+    return slate.rename(columns={"label": "relevance"}).reset_index(drop=True)
+
+
+def evaluation_table(
+    ranking: dict[str, pd.DataFrame],
+    slates: pd.DataFrame,
+    retrieval: dict[str, pd.DataFrame],
+    plays: pd.DataFrame,
+) -> pd.DataFrame:
+    """One row per method: NDCG@20 of its ordering of the logged slates, Recall@100 of its
+    top-100 list against the day's plays, and the users each was measured on."""
+    rows = []
+    for method in ranking:
+        ndcg = ndcg_at_k(ranking[method], slates, NDCG_K)
+        recall = recall_at_k(retrieval[method], plays, RECALL_K) if method in retrieval else pd.Series(dtype=float)
+        rows.append(
+            {
+                "method": method,
+                "users": int(len(ndcg)),
+                "ndcg_at_20": float(ndcg.mean()) if len(ndcg) else float("nan"),
+                "recall_at_100": float(recall.mean()) if len(recall) else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
