@@ -269,8 +269,8 @@ batch_recommendations_schema = pa.DataFrameSchema(
         "item_id": pa.Column("int64", nullable=False),
         "score": pa.Column("float64", nullable=False),
         "candidate_source": pa.Column(str, pa.Check.isin(["covis", "popular"]), nullable=False),
-        "model_version": pa.Column("int64", pa.Check.ge(1), nullable=False),
-        "feature_source": pa.Column(str, pa.Check.isin(["online", "offline"]), nullable=False),
+        "model_version": pa.Column("int64", pa.Check.ge(0), nullable=False),
+        "feature_source": pa.Column(str, pa.Check.isin(["online", "offline", "none"]), nullable=False),
     },
     checks=[
         pa.Check(lambda df: ~df.duplicated(["date", "user_id", "rank"]), name="one_item_per_rank"),

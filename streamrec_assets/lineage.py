@@ -58,12 +58,20 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 
 def input_fingerprint(
-    model_sha256: str, evaluation_day: str, code_versions: dict[str, str | None], config_hash: str
+    model_sha256: str,
+    evaluation_day: str,
+    metrics: dict[str, float],
+    registry_code_version: str | None,
+    config_hash: str,
 ) -> str:
-    """What determines a registered version: the model bytes (deterministic given its inputs),
-    the day it was evaluated on, the code and the configuration."""
+    """What determines a registered version, by content: the model bytes (deterministic given
+    its training data and code), the evaluation day and its metrics (which change when the
+    evaluation data or code change), the registry's own code version and the configuration."""
+    rounded = {k: round(float(v), 10) for k, v in sorted(metrics.items())}
     return stable_hash(
-        {"model": model_sha256, "day": evaluation_day, "code": code_versions, "config": config_hash}, 32
+        {"model": model_sha256, "day": evaluation_day, "metrics": rounded, "code": registry_code_version,
+         "config": config_hash},
+        32,
     )
 
 

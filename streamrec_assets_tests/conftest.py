@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 
+import dagster as dg
 import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from streamrec_assets import datagen
 from streamrec_assets.settings import Settings
 
 # Tests must not inherit a developer's storage configuration.
-for _var in ("STREAMREC_STORAGE_URI", "STREAMREC_LANDING_URI", "STREAMREC_START_DATE", "STREAMREC_S3_ENDPOINT_URL"):
+for _var in ("STREAMREC_STORAGE_URI", "STREAMREC_LANDING_URI", "STREAMREC_START_DATE", "STREAMREC_S3_ENDPOINT_URL",
+             "STREAMREC_FEAST_ONLINE_STORE", "STREAMREC_REDIS_URL", "MLFLOW_TRACKING_URI", "STREAMREC_MAX_FAILURE_RATE",
+             "STREAMREC_PROMOTION_TOLERANCE"):
     os.environ.pop(_var, None)
 
 START = "2026-01-01"
+END = "2026-02-01"
 SEED = 11
 TINY_EVENTS = 600
 
@@ -38,3 +43,29 @@ def landing_32(tmp_path_factory):
     root = tmp_path_factory.mktemp("landing32")
     datagen.generate(str(root / "landing"), START, "2026-02-01", TINY_EVENTS, SEED)
     return root
+
+
+def run_range(settings, instance, start, end, selection="*", raise_on_error=True, run_config=None):
+    """Materialise ``selection`` over [start, end] as one single-run range, in process."""
+    from streamrec_assets.definitions import all_assets, build_resources
+
+    return dg.materialize(
+        all_assets,
+        selection=selection,
+        resources=build_resources(settings),
+        instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
+        raise_on_error=raise_on_error,
+        run_config=run_config,
+    )
+
+
+@pytest.fixture(scope="session")
+def graph_32(landing_32, tmp_path_factory):
+    """The whole graph materialised for 32 days of tiny data in a temporary DAGSTER_HOME,
+    with real Feast (DuckDB + SQLite), XGBoost and MLflow (SQLite) under the same root."""
+    settings = tiny_settings(landing_32)
+    home = tmp_path_factory.mktemp("dagster_home")
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        result = run_range(settings, instance, START, END)
+        yield settings, instance, result

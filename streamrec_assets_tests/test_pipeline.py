@@ -9,15 +9,12 @@ from datetime import date, timedelta
 import dagster as dg
 import pandas as pd
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from streamrec_assets import datagen
-from streamrec_assets.definitions import all_assets, build_resources
 from streamrec_assets.io_managers import PartitionedParquetIOManager
-from streamrec_assets_tests.conftest import START, TINY_EVENTS, tiny_settings
+from streamrec_assets_tests.conftest import END, START, TINY_EVENTS, run_range, tiny_settings
 
 pytestmark = pytest.mark.slow
-END = "2026-02-01"
 PARTITIONED = ["raw_events", "raw_events_dlq", "user_daily_activity", "item_daily_activity", "user_features",
                "item_features"]
 
@@ -27,24 +24,9 @@ def days(start: str, end: str) -> list[str]:
     return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
 
 
-def run_range(settings, instance, start, end, selection="*", raise_on_error=True):
-    return dg.materialize(
-        all_assets,
-        selection=selection,
-        resources=build_resources(settings),
-        instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
-        raise_on_error=raise_on_error,
-    )
-
-
 @pytest.fixture(scope="module")
-def pipeline(landing_32, tmp_path_factory):
-    settings = tiny_settings(landing_32)
-    home = tmp_path_factory.mktemp("dagster_home")
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
-        result = run_range(settings, instance, START, END)
-        yield settings, instance, result
+def pipeline(graph_32):
+    return graph_32
 
 
 def store(settings) -> PartitionedParquetIOManager:

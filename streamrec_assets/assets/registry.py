@@ -69,6 +69,7 @@ def registered_model(
     from mlflow.exceptions import MlflowException
 
     from streamrec_assets import lineage
+    from streamrec_assets.core.evaluation import promotion_decision
     from streamrec_assets.core.ranking import load_booster, score
     from streamrec_assets.feature_repo import FEATURE_VIEWS, view_version
 
@@ -82,8 +83,7 @@ def registered_model(
 
     store = feast.store()
     feature_views = {view: view_version(store, view) for view in FEATURE_VIEWS}
-    graph = context.repository_def.asset_graph
-    code_versions = {k: graph.get(dg.AssetKey(k)).code_version for k in LINEAGE_UPSTREAM + ("registered_model",)}
+    code_versions = _code_versions(context, LINEAGE_UPSTREAM + ("registered_model",))
     config_hash = lineage.stable_hash({"tolerance": config.promotion_tolerance, "settings": _settings_for_hash()})
     cards = ranking_model.set_index("date")
     rows = []
@@ -94,7 +94,9 @@ def registered_model(
             rows.append(_row(day, status="skipped", reason=f"no trained ranker for {day} ({card['status']})"))
             continue
         metrics = metric_values(table)
-        fingerprint = lineage.input_fingerprint(card["model_sha256"], day, code_versions, config_hash)
+        fingerprint = lineage.input_fingerprint(
+            card["model_sha256"], day, metrics, code_versions.get("registered_model"), config_hash
+        )
         found = client.search_model_versions(f"name='{name}' and tags.input_fingerprint='{fingerprint}'")
         if found:
             version, reused = found[0], True
@@ -146,20 +148,20 @@ def registered_model(
         except MlflowException:
             champion = None
         champion_ndcg = float("nan")
-        if champion is None:
-            promote, reason = True, "first registered model becomes champion"
-        elif champion.version == version.version:
+        if champion is not None and champion.version == version.version:
             promote, reason = False, f"version {version.version} is already the champion"
             champion_ndcg = challenger_ndcg
         else:
-            champion_booster = mlflow_xgboost.load_model(f"models:/{name}/{champion.version}")
-            champion_scores = score(bytes(champion_booster.save_raw(raw_format="ubj")), evaluation_set)
-            champion_ndcg = _ndcg_of(champion_scores, evaluation_set)
-            promote = challenger_ndcg >= champion_ndcg - config.promotion_tolerance
-            verdict = ">=" if promote else "<"
-            reason = (
-                f"challenger NDCG@20 {challenger_ndcg:.4f} {verdict} champion v{champion.version} "
-                f"{champion_ndcg:.4f} - tolerance {config.promotion_tolerance} on {day}"
+            if champion is not None:
+                champion_booster = mlflow_xgboost.load_model(f"models:/{name}/{champion.version}")
+                champion_scores = score(bytes(champion_booster.save_raw(raw_format="ubj")), evaluation_set)
+                champion_ndcg = _ndcg_of(champion_scores, evaluation_set)
+            promote, reason = promotion_decision(
+                challenger_ndcg,
+                None if champion is None else champion_ndcg,
+                config.promotion_tolerance,
+                day,
+                None if champion is None else champion.version,
             )
         if promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)
@@ -196,6 +198,17 @@ def registered_model(
         }
     )
     return dg.MaterializeResult(value=record, metadata=metadata)
+
+
+def _code_versions(context: dg.AssetExecutionContext, assets: tuple[str, ...]) -> dict[str, str | None]:
+    """Code versions from the whole repository (the job of a subset run only knows its own assets)."""
+    try:
+        graph = context.repository_def.asset_graph
+    except Exception:  # in-process materialize() without a repository
+        graph = context.job_def.asset_layer.asset_graph
+    return {
+        key: graph.get(dg.AssetKey(key)).code_version if graph.has(dg.AssetKey(key)) else None for key in assets
+    }
 
 
 def _row(day: str, **values) -> dict:

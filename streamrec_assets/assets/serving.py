@@ -58,14 +58,18 @@ def batch_recommendations(
     client = mlflow.client()
     try:
         champion = client.get_model_version_by_alias(mlflow.registered_model, "champion")
-    except MlflowException as exc:
-        raise dg.Failure(
-            f"No champion version of {mlflow.registered_model} in {mlflow.tracking_uri}; materialise "
-            "registered_model first.",
-            allow_retries=False,
-        ) from exc
-    booster = mlflow_xgboost.load_model(f"models:/{mlflow.registered_model}/{champion.version}")
-    model_bytes = bytes(booster.save_raw(raw_format="ubj"))
+    except MlflowException:
+        champion = None  # start of history: no model yet
+    if champion is not None:
+        booster = mlflow_xgboost.load_model(f"models:/{mlflow.registered_model}/{champion.version}")
+        model_bytes = bytes(booster.save_raw(raw_format="ubj"))
+        model_version = int(champion.version)
+    else:
+        context.log.warning(
+            f"No champion version of {mlflow.registered_model} yet: recommending in retrieval order "
+            "(co-visitation, then popularity); model_version is 0."
+        )
+        model_bytes, model_version = None, 0
 
     store = feast.store()
     refs = feature_refs(store)
@@ -80,7 +84,10 @@ def batch_recommendations(
         as_of = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
         allowed = item_catalog.loc[item_catalog["release_date"] <= as_of.strftime("%Y-%m-%d"), "item_id"].to_numpy()
         cands = candidates(retrieval, users, n=N_CANDIDATES, allowed_items=allowed)
-        if day == online_day:
+        if model_bytes is None:
+            source = "none"
+            feats = cands.assign(score=-cands.groupby("user_id").cumcount().astype("float64"))
+        elif day == online_day:
             source = "online"
             feats, day_latencies = _online_lookup(store, refs, cands, config)
             latencies += day_latencies
@@ -89,14 +96,15 @@ def batch_recommendations(
             # as of the end of that day from the offline store (identical values, see the skew test).
             source = "offline"
             feats = historical_features(store, cands.assign(event_timestamp=as_of), refs)
-        feats = add_context_features(feats, item_catalog, user_catalog, as_of)
-        feats["score"] = score(model_bytes, feats)
+        if model_bytes is not None:
+            feats = add_context_features(feats, item_catalog, user_catalog, as_of)
+            feats["score"] = score(model_bytes, feats)
         top = rank_by_score(feats[["user_id", "item_id", "score"]], TOP_K)
         top = top.merge(feats[["user_id", "item_id", "score"]], on=["user_id", "item_id"], how="left")
         top = top.merge(cands[["user_id", "item_id", "source"]], on=["user_id", "item_id"], how="left")
         top = top.rename(columns={"source": "candidate_source"})
         top["date"] = day
-        top["model_version"] = int(champion.version)
+        top["model_version"] = model_version
         top["feature_source"] = source
         frames.append(top)
         per_day[day] = {"users_active": int(len(users)), "users_covered": int(top["user_id"].nunique()),
@@ -112,7 +120,7 @@ def batch_recommendations(
         {
             "users_active": last["users_active"],
             "users_covered": last["users_covered"],
-            "champion_version": int(champion.version),
+            "champion_version": model_version,
             "feature_source": last["feature_source"],
             "online_lookup_p50_ms": dg.MetadataValue.float(latency["p50_ms"]),
             "online_lookup_p99_ms": dg.MetadataValue.float(latency["p99_ms"]),

@@ -93,3 +93,18 @@ def evaluation_table(
             }
         )
     return pd.DataFrame(rows)
+
+
+def promotion_decision(
+    challenger_ndcg: float, champion_ndcg: float | None, tolerance: float, day: str, champion_version: str | None
+) -> tuple[bool, str]:
+    """The registry's gate: promote when there is no champion, or when the challenger's NDCG@20
+    on the evaluation day is at least the champion's on the same day minus ``tolerance``."""
+    if champion_ndcg is None:
+        return True, "first registered model becomes champion"
+    promote = challenger_ndcg >= champion_ndcg - tolerance
+    verdict = ">=" if promote else "<"
+    return promote, (
+        f"challenger NDCG@20 {challenger_ndcg:.4f} {verdict} champion v{champion_version} "
+        f"{champion_ndcg:.4f} - tolerance {tolerance} on {day}"
+    )

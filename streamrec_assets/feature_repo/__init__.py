@@ -216,7 +216,19 @@ def historical_features(store: FeatureStore, entity_df, refs: list[str] | None =
     ).to_df()
     result = result.sort_values("_row").drop(columns="_row").reset_index(drop=True)
     result["event_timestamp"] = pd.to_datetime(result["event_timestamp"], utc=True).astype("datetime64[us, UTC]")
-    return result
+    return _normalise_dates(result)
+
+
+def _normalise_dates(frame):
+    """``<view>__date`` as 'YYYY-MM-DD' strings: DuckDB reads the ``date=`` directory of a
+    partition as a DATE (hive partitioning), the online store returns what it stored."""
+    import pandas as pd
+
+    for col in [c for c in frame.columns if c.endswith("__date")]:
+        known = frame[col].notna()
+        frame[col] = frame[col].astype(object)
+        frame.loc[known, col] = pd.to_datetime(frame.loc[known, col].astype(str)).dt.strftime("%Y-%m-%d")
+    return frame
 
 
 def online_features(store: FeatureStore, user_ids, item_ids, refs: list[str] | None = None):
@@ -225,4 +237,4 @@ def online_features(store: FeatureStore, user_ids, item_ids, refs: list[str] | N
 
     rows = [{"user_id": int(u), "item_id": int(i)} for u, i in zip(user_ids, item_ids, strict=True)]
     frame = store.get_online_features(features=refs or feature_refs(store), entity_rows=rows, full_feature_names=True)
-    return pd.DataFrame(frame.to_dict())
+    return _normalise_dates(pd.DataFrame(frame.to_dict()))
