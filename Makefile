@@ -7,7 +7,7 @@ export STREAMREC_HOME ?= $(CURDIR)/.streamrec
 export DAGSTER_HOME ?= $(STREAMREC_HOME)/dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup demo test dev bench lint clean
+.PHONY: setup demo test dev bench lint clean mlflow-ui
 
 setup: $(STAMP)  ## create .venv and install the package with its test extras (quick when nothing changed)
 
@@ -26,6 +26,10 @@ test: setup  ## the whole test suite
 dev: setup  ## the Dagster UI on http://127.0.0.1:3000 (state under $$STREAMREC_HOME)
 	@mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+mlflow-ui: setup  ## the MLflow UI on the demo's store, http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(STREAMREC_HOME)/mlflow/mlflow.db} \
+		--default-artifact-root $(STREAMREC_HOME)/mlflow/artifacts --host 127.0.0.1 --port 5000
 
 bench: setup  ## benchmarks, printed as ratios against a baseline measured in the same run
 	$(BIN)/python benchmarks/bench_features.py

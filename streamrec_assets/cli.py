@@ -100,11 +100,36 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
+def _cmd_feast_config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streamrec_assets.feature_repo import write_feature_store_yaml
+    from streamrec_assets.resources import feast_settings
+    from streamrec_assets.settings import get_settings
+
+    fs = feast_settings(get_settings())
+    Path(fs.repo_dir).mkdir(parents=True, exist_ok=True)
+    path = write_feature_store_yaml(fs, args.output or f"{fs.repo_dir}/feature_store.yaml")
+    repo = Path(__file__).resolve().parent / "feature_repo"
+    print(path)
+    print(f"use it with: feast -c {repo} -f {path} plan   (or apply, feature-views list, materialize ...)")
+    return 0
+
+
+def _add_feast_config(sub) -> None:
+    p = sub.add_parser(
+        "feast-config", help="write the Feast feature_store.yaml for the feast CLI from the project's settings"
+    )
+    p.add_argument("--output", default=None, help="default: $STREAMREC_HOME/feast/feature_store.yaml")
+    p.set_defaults(func=_cmd_feast_config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamrec", description="StreamRec pipeline tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_generate(sub)
+    _add_feast_config(sub)
     return parser
 
 

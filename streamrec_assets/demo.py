@@ -18,7 +18,21 @@ from pathlib import Path
 
 from streamrec_assets.settings import get_settings
 
-PARTITIONED = ("raw_events", "raw_events_dlq", "user_daily_activity", "item_daily_activity", "user_features", "item_features")
+PARTITIONED = (
+    "raw_events",
+    "raw_events_dlq",
+    "user_daily_activity",
+    "item_daily_activity",
+    "user_features",
+    "item_features",
+    "feast_feature_views",
+    "training_examples",
+    "retrieval_model",
+    "ranking_model",
+    "model_evaluation",
+    "registered_model",
+    "batch_recommendations",
+)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamrec-demo", description=__doc__)
     parser.add_argument("--start", default=settings.start_date)
     parser.add_argument("--days", type=int, default=35)
-    parser.add_argument("--events-per-day", type=int, default=3000)
+    parser.add_argument("--events-per-day", type=int, default=8000)
+    parser.add_argument("--users", type=int, default=400)
+    parser.add_argument("--items", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     end = (date.fromisoformat(args.start) + timedelta(days=args.days - 1)).isoformat()
@@ -92,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     print(f"Landing zone: {settings.landing_uri}\nAsset storage: {settings.storage_uri}")
-    datagen.generate(settings.landing_uri, args.start, end, args.events_per_day, args.seed)
+    datagen.generate(
+        settings.landing_uri, args.start, end, args.events_per_day, args.seed, users=args.users, items=args.items
+    )
     print(f"Generated {args.days} days ({args.start}..{end}) in {time.perf_counter() - t0:.1f}s")
 
     env = {**os.environ, "DAGSTER_HOME": dagster_home(settings.home), "STREAMREC_HOME": settings.home}
@@ -113,8 +131,33 @@ def main(argv: list[str] | None = None) -> int:
     for asset in ("user_features", "item_features"):
         cols = [c for c in by_asset[asset]["columns"] if c not in ("date", "user_id", "item_id")]
         print(f"{asset} columns ({len(cols)}): {', '.join(cols)}")
+    print_models(settings.storage_uri, end)
     print(f"\nDAGSTER_HOME={env['DAGSTER_HOME']}  (open the UI with `make dev`)")
+    print(f"MLflow: {settings.mlflow_tracking_uri}  (open its UI with `make mlflow-ui`)")
     return 0
+
+
+def print_models(storage_uri: str, day: str) -> None:
+    """The evaluation of the last day and the registry's decision."""
+    import dagster as dg
+
+    from streamrec_assets.io_managers import PartitionedParquetIOManager, read_parquet
+
+    store = PartitionedParquetIOManager(base_uri=storage_uri, s3_endpoint_url=get_settings().s3_endpoint_url)
+    metrics = read_parquet(store.partition_path(dg.AssetKey("model_evaluation"), day))
+    registry = read_parquet(store.partition_path(dg.AssetKey("registered_model"), day)).iloc[0]
+    recs = read_parquet(store.partition_path(dg.AssetKey("batch_recommendations"), day))
+    print(f"\nHold-out evaluation on {day} (users with a rankable slate: {int(metrics['users'].max())})")
+    print(f"{'method':<12}{'NDCG@20':>10}{'Recall@100':>12}")
+    for row in metrics.itertuples():
+        print(f"{row.method:<12}{row.ndcg_at_20:>10.4f}{row.recall_at_100:>12.4f}")
+    by = metrics.set_index("method")["ndcg_at_20"]
+    print(f"ranker NDCG@20 / popularity NDCG@20 = {by['ours'] / by['popularity']:.2f}x")
+    print(
+        f"\nRegistry: streamrec-ranker version {registry['version']} ({registry['status']}); "
+        f"champion is version {registry['champion_version']}.\n  {registry['reason']}"
+    )
+    print(f"Batch recommendations for {day}: {recs['user_id'].nunique()} users x top-{recs['rank'].max()}")
 
 
 if __name__ == "__main__":
