@@ -14,6 +14,10 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ASSETS = "user_catalog,item_catalog,raw_events,raw_events_dlq,user_daily_activity,item_daily_activity,user_features,item_features"
+ALL_PARTITIONED = (
+    "raw_events raw_events_dlq user_daily_activity item_daily_activity user_features item_features feast_feature_views "
+    "training_examples retrieval_model ranking_model model_evaluation registered_model batch_recommendations"
+).split()
 
 
 def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -31,12 +35,12 @@ def cli_env(tmp_path):
     return env
 
 
-def test_generate_then_materialize_a_partition_range(cli_env):
+def test_generate_then_materialize_the_whole_graph_over_a_range(cli_env):
     gen = run([str(BIN / "streamrec"), "generate", "--start", "2026-01-01", "--end", "2026-01-04",
                "--events-per-day", "500"], cli_env)
     assert gen.returncode == 0, gen.stderr
     mat = run([str(BIN / "dagster"), "asset", "materialize", "-m", "streamrec_assets.definitions",
-               "--select", ASSETS, "--partition-range", "2026-01-01...2026-01-04"], cli_env)
+               "--select", "*", "--partition-range", "2026-01-01...2026-01-04"], cli_env)
     assert mat.returncode == 0, mat.stdout[-3000:] + mat.stderr[-3000:]
     assert "RUN_SUCCESS" in mat.stdout + mat.stderr
 
@@ -46,7 +50,7 @@ def test_generate_then_materialize_a_partition_range(cli_env):
         with dg.DagsterInstance.get() as instance:
             runs = instance.get_runs()
             assert len(runs) == 1
-            for asset in ASSETS.split(",")[2:]:
+            for asset in ALL_PARTITIONED:
                 keys = instance.get_materialized_partitions(dg.AssetKey(asset))
                 assert keys == {"2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"}, asset
     finally:
@@ -58,6 +62,22 @@ def test_generate_then_materialize_a_partition_range(cli_env):
     assert sorted(p.name for p in (storage / "user_features").iterdir()) == [
         f"date=2026-01-0{i}" for i in range(1, 5)
     ]
+
+    # The run registered a champion in the default MLflow store under STREAMREC_HOME.
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{cli_env['STREAMREC_HOME']}/mlflow/mlflow.db"
+    champion = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("streamrec-ranker", "champion")
+    assert champion.tags["partition"] in {"2026-01-03", "2026-01-04"}
+
+    # The same Feast objects through the feast CLI.
+    conf = run([str(BIN / "streamrec"), "feast-config"], cli_env)
+    assert conf.returncode == 0, conf.stderr
+    yaml_path = conf.stdout.splitlines()[0]
+    views = run([str(BIN / "feast"), "-c", str(REPO / "streamrec_assets" / "feature_repo"), "-f", yaml_path,
+                 "feature-views", "list"], cli_env)
+    assert views.returncode == 0, views.stderr[-2000:]
+    assert "user_features" in views.stdout and "item_features" in views.stdout
 
 
 def test_materialize_fails_clearly_when_landing_day_missing(cli_env):
