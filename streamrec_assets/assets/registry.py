@@ -112,7 +112,7 @@ def registered_model(
                 "feature_views": feature_views,
                 "model_sha256": card["model_sha256"],
                 "input_fingerprint": fingerprint,
-                "dagster_run_id": context.run_id,
+                "dagster_run_id": context.run.run_id,
                 "packages": lineage.package_versions(),
             }
             booster = load_booster(artifacts.read_bytes("ranking_model", day, "model.ubj"))

@@ -156,5 +156,6 @@ def _online_lookup(store, refs, cands: pd.DataFrame, config: ServingConfig) -> t
     for start in range(0, len(rest), config.batch_rows):
         chunk = rest.iloc[start : start + config.batch_rows]
         parts.append(online_features(store, chunk["user_id"], chunk["item_id"], refs))
-    feats = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    parts = [p for p in parts if len(p)]
+    feats = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["user_id", "item_id"])
     return feats, latencies

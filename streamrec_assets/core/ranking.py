@@ -125,6 +125,8 @@ def load_booster(model_bytes: bytes) -> xgb.Booster:
 
 def score(model_bytes: bytes, frame: pd.DataFrame) -> np.ndarray:
     """Scores of ``frame``'s rows (any order) with the model's own feature list."""
+    if frame.empty:
+        return np.zeros(0, dtype="float32")
     booster = load_booster(model_bytes)
     features = list(booster.feature_names or [])
     return booster.predict(_dmatrix(frame, features, False))
