@@ -8,6 +8,7 @@ exit code.  Only ``generate`` exists for now (``backfill`` is meant to follow).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import date
 
@@ -124,12 +125,44 @@ def _add_feast_config(sub) -> None:
     p.set_defaults(func=_cmd_feast_config)
 
 
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from streamrec_assets import backfill
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print("streamrec: error: DAGSTER_HOME must point at the Dagster instance to backfill", file=sys.stderr)
+        return 2
+    waves = backfill.plan(args.start, args.end, args.chunks, args.order)
+    steps = sum(len(w) for w in waves)
+    print(f"backfill {args.start}...{args.end}: {len(waves)} wave(s), {steps} run(s), order {args.order}")
+    if args.dry_run:
+        for i, wave in enumerate(waves, 1):
+            for step in wave:
+                print(f"wave {i:>2} {step.layer:<13} {step.start}...{step.end}  {','.join(step.assets)}")
+        return 0
+    return backfill.run(waves, workers=args.chunks)
+
+
+def _add_backfill(sub) -> None:
+    p = sub.add_parser(
+        "backfill",
+        help="backfill a partition range: sequential (--chunks 1), parallel (--chunks K) or prioritized "
+        "(--order newest-first)",
+    )
+    p.add_argument("--start", required=True, type=_iso_date)
+    p.add_argument("--end", required=True, type=_iso_date)
+    p.add_argument("--order", choices=["oldest-first", "newest-first"], default="oldest-first")
+    p.add_argument("--chunks", type=_positive_int, default=1, help="disjoint sub-ranges run in parallel")
+    p.add_argument("--dry-run", action="store_true", help="print the plan only")
+    p.set_defaults(func=_cmd_backfill)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamrec", description="StreamRec pipeline tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_generate(sub)
     _add_feast_config(sub)
+    _add_backfill(sub)
     return parser
 
 

@@ -67,6 +67,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streamrec_assets.core.ingest import EVENT_FIELDS
+
 GENERATOR_VERSION = "streamrec-datagen/1"
 
 GENRES = (
@@ -104,16 +106,7 @@ MALFORMED_KINDS = (
     "unknown_item",
     "timestamp_out_of_day",
 )
-REQUIRED_FIELDS = (
-    "event_id",
-    "user_id",
-    "item_id",
-    "event_type",
-    "event_timestamp",
-    "watch_seconds",
-    "device",
-    "session_id",
-)
+REQUIRED_FIELDS = EVENT_FIELDS  # the landing-record fields ingest requires
 # Fields that a ``missing_field`` malformed line may lack.
 _DROPPABLE_FIELDS = REQUIRED_FIELDS[:6]
 UNKNOWN_ID_BASE = 900_000_000

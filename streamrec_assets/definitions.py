@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dagster as dg
 
+from streamrec_assets import automation
 from streamrec_assets.assets import feature_store, features, ingest, models, registry, serving, training
+from streamrec_assets.automation import build_daily_schedule
 from streamrec_assets.io_managers import PartitionedParquetIOManager
 from streamrec_assets.partitions import daily_partitions
-from streamrec_assets.resources import ArtifactStore, FeastResource, LandingZone, MLflowResource
+from streamrec_assets.resources import (
+    ArtifactStore,
+    FeastResource,
+    LandingZone,
+    MLflowResource,
+    feast_settings,
+)
 from streamrec_assets.settings import Settings, get_settings
 
 
@@ -19,13 +29,7 @@ def build_resources(settings: Settings) -> dict:
         ),
         "landing": LandingZone(uri=settings.landing_uri, s3_endpoint_url=settings.s3_endpoint_url),
         "artifacts": ArtifactStore(base_uri=settings.storage_uri, s3_endpoint_url=settings.s3_endpoint_url),
-        "feast": FeastResource(
-            storage_uri=settings.storage_uri,
-            repo_dir=settings.feast_dir,
-            online_store=settings.feast_online_store,
-            redis_url=settings.redis_url,
-            s3_endpoint_url=settings.s3_endpoint_url,
-        ),
+        "feast": FeastResource(**dataclasses.asdict(feast_settings(settings))),
         "mlflow": MLflowResource(
             tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifacts_uri
         ),
@@ -44,5 +48,7 @@ daily_pipeline_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=all_assets,
     jobs=[daily_pipeline_job],
+    schedules=[build_daily_schedule(daily_pipeline_job)],
+    sensors=automation.sensors,
     resources=build_resources(get_settings()),
 )

@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Generated {args.days} days ({args.start}..{end}) in {time.perf_counter() - t0:.1f}s")
 
     env = {**os.environ, "DAGSTER_HOME": dagster_home(settings.home), "STREAMREC_HOME": settings.home}
+    from streamrec_assets.automation import pool_limit_commands
+
+    for cmd in pool_limit_commands():
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
     t1 = time.perf_counter()
     materialize("*", args.start, end, env)
     print(f"Materialised the graph for {args.start}...{end} in {time.perf_counter() - t1:.1f}s\n")

@@ -63,6 +63,35 @@ class LandingZone(dg.ConfigurableResource):
         marker = self.marker_path(day)
         return json.loads(marker.read_bytes()) if marker.exists() else None
 
+    def delivered_days(self) -> dict[str, str]:
+        """Days whose file and completion marker are present: ``{day: sha256 of the file}``."""
+        import json
+
+        root = self._path(f"{self.uri.rstrip('/')}/events")
+        if not root.exists():
+            return {}
+        out = {}
+        for folder in sorted(root.iterdir()):
+            if not folder.name.startswith("date="):
+                continue
+            day = folder.name[len("date=") :]
+            marker = folder / "_SUCCESS"
+            if marker.exists() and self.events_path(day).exists():
+                out[day] = str(json.loads(marker.read_bytes()).get("sha256", ""))
+        return out
+
+    def catalog_fingerprint(self) -> str:
+        """A hash of the two catalogue files (changes when a new catalogue is delivered)."""
+        import hashlib
+
+        from streamrec_assets import datagen
+
+        digest = hashlib.sha256()
+        for location in (datagen.users_path(self.uri), datagen.items_path(self.uri)):
+            path = self._path(location)
+            digest.update(path.read_bytes() if path.exists() else b"missing")
+        return digest.hexdigest()
+
     def read_catalog(self, name: str) -> pd.DataFrame:
         """``name`` is ``users`` or ``items``."""
         import pyarrow.parquet as pq
@@ -145,15 +174,11 @@ class FeastResource(dg.ConfigurableResource):
     s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
 
     def settings(self):
+        import dataclasses
+
         from streamrec_assets.feature_repo import FeastSettings
 
-        return FeastSettings(
-            storage_uri=self.storage_uri,
-            repo_dir=self.repo_dir,
-            online_store=self.online_store,
-            redis_url=self.redis_url,
-            s3_endpoint_url=self.s3_endpoint_url,
-        )
+        return FeastSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FeastSettings)})
 
     def store(self):
         from streamrec_assets.feature_repo import get_store

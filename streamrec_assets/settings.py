@@ -58,6 +58,10 @@ class Settings:
     redis_url: str = field(default_factory=lambda: _env("STREAMREC_REDIS_URL", ""))
     mlflow_tracking_uri: str = field(default_factory=lambda: _env("MLFLOW_TRACKING_URI", ""))
     promotion_tolerance: float = field(default_factory=lambda: _float("STREAMREC_PROMOTION_TOLERANCE", 0.005))
+    alert_webhook_url: str = field(default_factory=lambda: _env("STREAMREC_ALERT_WEBHOOK_URL", ""))
+    sensor_interval_seconds: int = field(
+        default_factory=lambda: int(_float("STREAMREC_SENSOR_INTERVAL_SECONDS", 30))
+    )
 
     def __post_init__(self) -> None:
         # Derived defaults depend on ``home``; frozen dataclass, hence object.__setattr__.

@@ -47,3 +47,23 @@ def table_metadata(df: pd.DataFrame, preview_rows: int = 5) -> dict[str, Any]:
         "dagster/column_schema": dg.TableSchema(columns=columns),
         "preview": dg.MetadataValue.md(preview.to_markdown(index=False) if len(preview) else "_empty_"),
     }
+
+
+def table_result(
+    asset: str,
+    df: pd.DataFrame,
+    metadata: dict[str, Any] | None = None,
+    extra_checks: list[dg.AssetCheckResult] | None = None,
+    preview_rows: int = 5,
+) -> dg.MaterializeResult:
+    """The asset's table with its metadata and its blocking ``contract`` check
+    (schema ``<asset>_schema`` of :mod:`streamrec_assets.contracts`)."""
+    from streamrec_assets import contracts
+
+    schema = getattr(contracts, f"{asset}_schema")
+    return dg.MaterializeResult(
+        asset_key=asset,
+        value=df,
+        metadata={**table_metadata(df, preview_rows), **(metadata or {})},
+        check_results=[contract_check(df, schema, asset), *(extra_checks or [])],
+    )

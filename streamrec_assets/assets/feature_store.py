@@ -9,10 +9,9 @@ import dagster as dg
 import pandas as pd
 
 from streamrec_assets.assets.common import table_metadata
+from streamrec_assets.automation import EAGER_GATED, STORAGE_RETRY
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import FeastResource
-
-STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -29,6 +28,7 @@ def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     deps=["user_features", "item_features"],
     pool="feature_store",
     retry_policy=STORAGE_RETRY,
+    automation_condition=EAGER_GATED,
     code_version="1",
     description="Feast entities/sources/feature views applied, and the day's feature values materialised "
     "into the online store. One row per (day, feature view): version, rows, features.",

@@ -9,7 +9,8 @@ never the raw events of those days.
 import dagster as dg
 import pandas as pd
 
-from streamrec_assets.assets.common import contract_check, contract_check_spec, table_metadata
+from streamrec_assets.assets.common import contract_check_spec, table_result
+from streamrec_assets.automation import EAGER_GATED, FEATURES_FRESHNESS
 from streamrec_assets.partitions import daily_partitions, feature_window_mapping, single_run
 
 GROUP = "features"
@@ -27,21 +28,14 @@ def _daily_asset(name: str, entity: str, description: str):
         partitions_def=daily_partitions,
         backfill_policy=single_run,
         check_specs=[contract_check_spec(name)],
+        automation_condition=EAGER_GATED,
         description=description,
     )
     def _asset(raw_events: pd.DataFrame, item_catalog: pd.DataFrame):
-        from streamrec_assets import contracts
         from streamrec_assets.core import features
 
-        build = getattr(features, name)
-        daily = build(raw_events, item_catalog)
-        metadata = table_metadata(daily)
-        metadata[f"{entity}s"] = int(daily[entity].nunique()) if len(daily) else 0
-        return dg.MaterializeResult(
-            value=daily,
-            metadata=metadata,
-            check_results=[contract_check(daily, getattr(contracts, f"{name}_schema"), name)],
-        )
+        daily = getattr(features, name)(raw_events, item_catalog)
+        return table_result(name, daily, {f"{entity}s": int(daily[entity].nunique()) if len(daily) else 0})
 
     return _asset
 
@@ -67,32 +61,26 @@ def _window_asset(name: str, upstream: str, entity: str, description: str):
         backfill_policy=single_run,
         ins={"daily": dg.AssetIn(upstream, partition_mapping=feature_window_mapping)},
         check_specs=[contract_check_spec(name)],
+        automation_condition=EAGER_GATED,
+        freshness_policy=FEATURES_FRESHNESS,
         description=description,
     )
     def _asset(context: dg.AssetExecutionContext, daily: pd.DataFrame):
-        from streamrec_assets import contracts
         from streamrec_assets.core.features import rolling_features
 
         days = list(context.partition_keys)
         feats = rolling_features(daily, days, entity, first_day=_first_day())
-        metadata = table_metadata(feats)
         history = feats.groupby("date")["history_days"].first() if len(feats) else pd.Series(dtype="int64")
         clipped = {d: int(h) for d, h in history.items() if h < 28}
-        metadata.update(
-            {
-                "feature_columns": dg.MetadataValue.json(
-                    [c for c in feats.columns if c not in ("date", entity, "feature_timestamp")]
-                ),
-                "daily_aggregate_rows_read": len(daily),
-                f"{entity}s_per_day": dg.MetadataValue.json(feats.groupby("date").size().to_dict()),
-                "windows_clipped_at_start_of_history": dg.MetadataValue.json(clipped),
-            }
-        )
-        return dg.MaterializeResult(
-            value=feats,
-            metadata=metadata,
-            check_results=[contract_check(feats, getattr(contracts, f"{name}_schema"), name)],
-        )
+        metadata = {
+            "feature_columns": dg.MetadataValue.json(
+                [c for c in feats.columns if c not in ("date", entity, "feature_timestamp")]
+            ),
+            "daily_aggregate_rows_read": len(daily),
+            f"{entity}s_per_day": dg.MetadataValue.json(feats.groupby("date").size().to_dict()),
+            "windows_clipped_at_start_of_history": dg.MetadataValue.json(clipped),
+        }
+        return table_result(name, feats, metadata)
 
     return _asset
 

@@ -5,7 +5,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from streamrec_assets.assets.common import contract_check, contract_check_spec, table_metadata
+from streamrec_assets.assets.common import contract_check_spec, table_result
+from streamrec_assets.automation import STORAGE_RETRY
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import LandingZone
 from streamrec_assets.settings import get_settings
@@ -21,14 +22,7 @@ GROUP = "ingest"
     description="The user dimension (signup date, country) from the landing zone's catalogue export.",
 )
 def user_catalog(landing: LandingZone):
-    from streamrec_assets.contracts import user_catalog_schema
-
-    users = landing.read_catalog("users")
-    return dg.MaterializeResult(
-        value=users,
-        metadata=table_metadata(users),
-        check_results=[contract_check(users, user_catalog_schema, "user_catalog")],
-    )
+    return table_result("user_catalog", landing.read_catalog("users"))
 
 
 @dg.asset(
@@ -39,17 +33,9 @@ def user_catalog(landing: LandingZone):
     description="The item dimension (genre, duration, release date) from the landing zone's catalogue export.",
 )
 def item_catalog(landing: LandingZone):
-    from streamrec_assets.contracts import item_catalog_schema
-
     items = landing.read_catalog("items")
     items["duration_seconds"] = items["duration_seconds"].astype("float64")
-    metadata = table_metadata(items)
-    metadata["genres"] = int(items["genre"].nunique())
-    return dg.MaterializeResult(
-        value=items,
-        metadata=metadata,
-        check_results=[contract_check(items, item_catalog_schema, "item_catalog")],
-    )
+    return table_result("item_catalog", items, {"genres": int(items["genre"].nunique())})
 
 
 class RawEventsConfig(dg.Config):
@@ -92,7 +78,7 @@ RECONCILE_CHECK = "reconciles_with_landing"
             description="valid + rejected records = records in the landing file, for every day.",
         ),
     ],
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=STORAGE_RETRY,
 )
 def raw_events(
     context: dg.AssetExecutionContext,
@@ -102,7 +88,6 @@ def raw_events(
     item_catalog: pd.DataFrame,
 ):
     """Parse each day's landing file and validate every record against the record contract."""
-    from streamrec_assets.contracts import raw_events_dlq_schema, raw_events_schema
     from streamrec_assets.core.ingest import failure_budget_error, ingest_day
 
     user_ids, item_ids = user_catalog["user_id"].to_numpy(), item_catalog["item_id"].to_numpy()
@@ -133,13 +118,7 @@ def raw_events(
     dlq = _concat(rejected)
     totals = {k: sum(d[k] for d in per_day.values()) for k in ("records", "valid", "rejected", "duplicates")}
     reasons = dlq["reason"].value_counts().to_dict() if len(dlq) else {}
-    dlq_meta = {**table_metadata(dlq), "reasons": dg.MetadataValue.json(reasons)}
-    yield dg.MaterializeResult(
-        asset_key="raw_events_dlq",
-        value=dlq,
-        metadata=dlq_meta,
-        check_results=[contract_check(dlq, raw_events_dlq_schema, "raw_events_dlq")],
-    )
+    yield table_result("raw_events_dlq", dlq, {"reasons": dg.MetadataValue.json(reasons)})
     if errors:
         # Persistent data error: retrying cannot help, so fail without retry.
         raise dg.Failure(
@@ -148,31 +127,24 @@ def raw_events(
             allow_retries=False,
         )
     reconciled = all(d["valid"] + d["rejected"] == d["records"] for d in per_day.values())
-    yield dg.MaterializeResult(
+    metadata = {
+        "landing_records": totals["records"],
+        "rejected_records": totals["rejected"],
+        "duplicates_dropped": totals["duplicates"],
+        "failure_rate": float(
+            (totals["rejected"] - totals["duplicates"]) / totals["records"] if totals["records"] else 0.0
+        ),
+        "per_day": dg.MetadataValue.json(per_day),
+        "plays": int((events["event_type"] == "play").sum()) if len(events) else 0,
+        "users": int(events["user_id"].nunique()) if len(events) else 0,
+    }
+    reconcile = dg.AssetCheckResult(
         asset_key="raw_events",
-        value=events,
-        metadata={
-            **table_metadata(events),
-            "landing_records": totals["records"],
-            "rejected_records": totals["rejected"],
-            "duplicates_dropped": totals["duplicates"],
-            "failure_rate": float(
-                (totals["rejected"] - totals["duplicates"]) / totals["records"] if totals["records"] else 0.0
-            ),
-            "per_day": dg.MetadataValue.json(per_day),
-            "plays": int((events["event_type"] == "play").sum()) if len(events) else 0,
-            "users": int(events["user_id"].nunique()) if len(events) else 0,
-        },
-        check_results=[
-            contract_check(events, raw_events_schema, "raw_events"),
-            dg.AssetCheckResult(
-                asset_key="raw_events",
-                check_name=RECONCILE_CHECK,
-                passed=reconciled,
-                metadata={"per_day": dg.MetadataValue.json(per_day)},
-            ),
-        ],
+        check_name=RECONCILE_CHECK,
+        passed=reconciled,
+        metadata={"per_day": dg.MetadataValue.json(per_day)},
     )
+    yield table_result("raw_events", events, metadata, extra_checks=[reconcile])
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import Field
 
 from streamrec_assets.assets.common import table_metadata
-from streamrec_assets.assets.feature_store import STORAGE_RETRY
+from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
 from streamrec_assets.core.evaluation import METHODS
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import ArtifactStore, FeastResource, LandingZone
@@ -70,6 +70,7 @@ def load_retrieval(artifacts: ArtifactStore, day: str):
         )
     },
     code_version="1",
+    automation_condition=EAGER_GATED,
     description="Candidate generation: item co-visitation over the plays of the 28 days before D, with a "
     "popularity fallback for cold users. Recall@100 on day D's plays in metadata.",
 )
@@ -143,6 +144,8 @@ def retrieval_model(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
     },
     pool="training",
     code_version="1",
+    automation_condition=EAGER_GATED,
+    freshness_policy=MODELS_FRESHNESS,
     description="XGBoost ranker (rank:ndcg, one query per user and day) trained on the training examples of "
     "[D-14, D-2], early-stopped on D-1; saved in XGBoost's UBJSON format. The value is the model card.",
 )
@@ -220,6 +223,8 @@ class EvaluationConfig(dg.Config):
     backfill_policy=single_run,
     retry_policy=STORAGE_RETRY,
     code_version="1",
+    automation_condition=EAGER_GATED,
+    freshness_policy=MODELS_FRESHNESS,
     description="Hold-out evaluation on day D vs a popularity baseline and the generator's oracle (hidden "
     "affinity): NDCG@20 of the ranking of each user's logged impressions of D (graded labels), Recall@100 "
     "of the retrieval candidates against D's plays. The value is the metrics table (one row per day and "

@@ -17,8 +17,8 @@ import pandas as pd
 from pydantic import Field
 
 from streamrec_assets.assets.common import table_metadata
-from streamrec_assets.assets.feature_store import STORAGE_RETRY
 from streamrec_assets.assets.models import EVALUATION_SET, OK, metric_values
+from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import ArtifactStore, FeastResource, MLflowResource
 from streamrec_assets.settings import get_settings
@@ -51,6 +51,8 @@ def _ndcg_of(scores, evaluation_set: pd.DataFrame) -> float:
     backfill_policy=single_run,
     deps=["feast_feature_views"],
     retry_policy=STORAGE_RETRY,
+    automation_condition=EAGER_GATED,
+    freshness_policy=MODELS_FRESHNESS,
     code_version="1",
     description="A registered MLflow version of streamrec-ranker per trained day (alias challenger), promoted "
     "to champion by the NDCG@20 gate; one row per day: version, run, promotion decision and reason.",
@@ -162,6 +164,7 @@ def registered_model(
                 config.promotion_tolerance,
                 day,
                 None if champion is None else champion.version,
+                None if champion is None else champion.tags.get("partition"),
             )
         if promote:
             client.set_registered_model_alias(name, CHAMPION, version.version)

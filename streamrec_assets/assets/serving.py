@@ -6,9 +6,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from streamrec_assets.assets.common import contract_check, contract_check_spec, table_metadata
-from streamrec_assets.assets.feature_store import STORAGE_RETRY
+from streamrec_assets.assets.common import contract_check_spec, table_result
 from streamrec_assets.assets.models import N_CANDIDATES, load_retrieval
+from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import ArtifactStore, FeastResource, MLflowResource
 
@@ -30,6 +30,8 @@ class ServingConfig(dg.Config):
     deps=["registered_model", "feast_feature_views"],
     check_specs=[contract_check_spec("batch_recommendations")],
     retry_policy=STORAGE_RETRY,
+    automation_condition=EAGER_GATED,
+    freshness_policy=MODELS_FRESHNESS,
     code_version="1",
     description="Top-20 items for each user active on day D (to serve on D+1): the registry's champion "
     "ranker over retrieval candidates, with features from the Feast online store.",
@@ -47,7 +49,6 @@ def batch_recommendations(
     from mlflow import xgboost as mlflow_xgboost
     from mlflow.exceptions import MlflowException
 
-    from streamrec_assets.contracts import batch_recommendations_schema
     from streamrec_assets.core.metrics import rank_by_score
     from streamrec_assets.core.ranking import score
     from streamrec_assets.core.retrieval import candidates
@@ -115,24 +116,17 @@ def batch_recommendations(
     recs = recs.astype({"rank": "int64", "score": "float64"})
     latency = latency_summary(latencies)
     last = per_day[context.partition_keys[-1]]
-    metadata = table_metadata(recs, preview_rows=10)
-    metadata.update(
-        {
-            "users_active": last["users_active"],
-            "users_covered": last["users_covered"],
-            "champion_version": model_version,
-            "feature_source": last["feature_source"],
-            "online_lookup_p50_ms": dg.MetadataValue.float(latency["p50_ms"]),
-            "online_lookup_p99_ms": dg.MetadataValue.float(latency["p99_ms"]),
-            "online_lookup_requests": latency["requests"],
-            "per_day": dg.MetadataValue.json(per_day),
-        }
-    )
-    return dg.MaterializeResult(
-        value=recs,
-        metadata=metadata,
-        check_results=[contract_check(recs, batch_recommendations_schema, "batch_recommendations")],
-    )
+    metadata = {
+        "users_active": last["users_active"],
+        "users_covered": last["users_covered"],
+        "champion_version": model_version,
+        "feature_source": last["feature_source"],
+        "online_lookup_p50_ms": dg.MetadataValue.float(latency["p50_ms"]),
+        "online_lookup_p99_ms": dg.MetadataValue.float(latency["p99_ms"]),
+        "online_lookup_requests": latency["requests"],
+        "per_day": dg.MetadataValue.json(per_day),
+    }
+    return table_result("batch_recommendations", recs, metadata, preview_rows=10)
 
 
 def _online_day(context: dg.AssetExecutionContext) -> str | None:

@@ -3,8 +3,8 @@
 import dagster as dg
 import pandas as pd
 
-from streamrec_assets.assets.common import contract_check, contract_check_spec, table_metadata
-from streamrec_assets.assets.feature_store import STORAGE_RETRY
+from streamrec_assets.assets.common import contract_check_spec, table_result
+from streamrec_assets.automation import EAGER_GATED, STORAGE_RETRY
 from streamrec_assets.partitions import daily_partitions, previous_day_mapping, single_run
 from streamrec_assets.resources import FeastResource
 
@@ -28,6 +28,7 @@ LEAKAGE_CHECK = "no_feature_leakage"
         ),
     ],
     retry_policy=STORAGE_RETRY,
+    automation_condition=EAGER_GATED,
     code_version="1",
     description="One row per impression of the day with a graded label (2 completed play, 1 play, 0 none) "
     "and user/item features fetched through Feast as of the impression time.",
@@ -39,7 +40,6 @@ def training_examples(
     item_catalog: pd.DataFrame,
     user_catalog: pd.DataFrame,
 ):
-    from streamrec_assets.contracts import training_examples_schema
     from streamrec_assets.core.training import (
         add_context_features,
         feature_coverage,
@@ -55,25 +55,16 @@ def training_examples(
     leaks = leaked_rows(joined)
     coverage = feature_coverage(joined)
     labels = joined["label"].value_counts().sort_index().to_dict() if len(joined) else {}
-    metadata = table_metadata(joined)
-    metadata.update(
-        {
-            **{k: v for k, v in coverage.items() if k != "rows"},
-            "label_counts": dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
-            "positive_rate": float((joined["label"] > 0).mean()) if len(joined) else 0.0,
-            "examples_per_day": dg.MetadataValue.json(joined.groupby("date").size().to_dict()),
-        }
+    metadata = {
+        **{k: v for k, v in coverage.items() if k != "rows"},
+        "label_counts": dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
+        "positive_rate": float((joined["label"] > 0).mean()) if len(joined) else 0.0,
+        "examples_per_day": dg.MetadataValue.json(joined.groupby("date").size().to_dict()),
+    }
+    no_leak = dg.AssetCheckResult(
+        asset_key="training_examples",
+        check_name=LEAKAGE_CHECK,
+        passed=leaks == 0,
+        metadata={"leaked_rows": leaks, "rows_checked": len(joined)},
     )
-    return dg.MaterializeResult(
-        value=joined,
-        metadata=metadata,
-        check_results=[
-            contract_check(joined, training_examples_schema, "training_examples"),
-            dg.AssetCheckResult(
-                asset_key="training_examples",
-                check_name=LEAKAGE_CHECK,
-                passed=leaks == 0,
-                metadata={"leaked_rows": leaks, "rows_checked": len(joined)},
-            ),
-        ],
-    )
+    return table_result("training_examples", joined, metadata, extra_checks=[no_leak])

@@ -96,12 +96,24 @@ def evaluation_table(
 
 
 def promotion_decision(
-    challenger_ndcg: float, champion_ndcg: float | None, tolerance: float, day: str, champion_version: str | None
+    challenger_ndcg: float,
+    champion_ndcg: float | None,
+    tolerance: float,
+    day: str,
+    champion_version: str | None,
+    champion_day: str | None = None,
 ) -> tuple[bool, str]:
     """The registry's gate: promote when there is no champion, or when the challenger's NDCG@20
-    on the evaluation day is at least the champion's on the same day minus ``tolerance``."""
+    on the evaluation day is at least the champion's on the same day minus ``tolerance``.
+    A challenger trained on older data than the champion (a history backfill running newest
+    first) is never promoted."""
     if champion_ndcg is None:
         return True, "first registered model becomes champion"
+    if champion_day is not None and day < champion_day:
+        return False, (
+            f"challenger of {day} is older than champion v{champion_version} of {champion_day}; "
+            "a backfilled model never replaces a newer champion"
+        )
     promote = challenger_ndcg >= champion_ndcg - tolerance
     verdict = ">=" if promote else "<"
     return promote, (

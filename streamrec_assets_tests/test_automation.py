@@ -1,0 +1,223 @@
+"""Triggers, alerts and backfill plans, evaluated directly (no daemon)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import dagster as dg
+import pytest
+
+from streamrec_assets import datagen
+from streamrec_assets.alerts import Alert, Severity, classify_run_failure, send
+from streamrec_assets.automation import (
+    build_daily_schedule,
+    landing_zone_sensor,
+    model_promotion_alerts,
+    run_failure_alerts,
+)
+from streamrec_assets.backfill import Step, plan, run, split_range
+from streamrec_assets.definitions import daily_pipeline_job, defs
+from streamrec_assets.resources import LandingZone
+
+
+@pytest.fixture
+def landing(tmp_path):
+    uri = str(tmp_path / "landing")
+    datagen.generate(uri, "2026-01-03", "2026-01-04", 300, seed=1)
+    return uri
+
+
+def evaluate(uri: str, cursor: str | None):
+    context = dg.build_sensor_context(cursor=cursor, resources={"landing": LandingZone(uri=uri)})
+    return landing_zone_sensor(context)
+
+
+def test_landing_sensor_new_duplicate_late_and_corrected_days(landing):
+    first = evaluate(landing, None)
+    keys = [r.partition_key for r in first.run_requests]
+    assert keys == [None, "2026-01-03", "2026-01-04"], "catalogues, then each complete day"
+    assert first.run_requests[1].run_key.startswith("2026-01-03:")
+    assert {k.to_user_string() for k in first.run_requests[1].asset_selection} == {"raw_events", "raw_events_dlq"}
+
+    again = evaluate(landing, first.cursor)
+    assert not again.run_requests, "the same delivery never runs twice"
+
+    datagen.generate(landing, "2026-01-01", "2026-01-01", 300, seed=1)  # a late, out-of-order day
+    late = evaluate(landing, again.cursor)
+    assert [r.partition_key for r in late.run_requests] == ["2026-01-01"]
+    assert late.run_requests[0].tags["streamrec/trigger"] == "late day"
+
+    old_key = first.run_requests[2].run_key
+    datagen.generate(landing, "2026-01-04", "2026-01-04", 301, seed=1, force=True)
+    corrected = evaluate(landing, late.cursor)
+    assert [r.partition_key for r in corrected.run_requests] == ["2026-01-04"]
+    assert corrected.run_requests[0].run_key != old_key
+    assert corrected.run_requests[0].tags["streamrec/trigger"] == "corrected re-delivery"
+
+
+def test_landing_sensor_waits_for_the_completion_marker(landing, tmp_path):
+    marker = tmp_path / "landing" / "events" / "date=2026-01-04" / "_SUCCESS"
+    marker.unlink()
+    result = evaluate(landing, None)
+    assert [r.partition_key for r in result.run_requests] == [None, "2026-01-03"]
+    days = json.loads(result.cursor)["days"]
+    assert "2026-01-04" not in days
+
+
+def test_schedule_runs_the_previous_day_only_when_it_has_landed(landing):
+    schedule = build_daily_schedule(daily_pipeline_job)
+    assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone == "UTC"
+    ok = schedule(dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 5, 2, tzinfo=UTC),
+                                             resources={"landing": LandingZone(uri=landing)}))
+    assert ok.partition_key == "2026-01-04"
+    late = schedule(dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 7, 2, tzinfo=UTC),
+                                               resources={"landing": LandingZone(uri=landing)}))
+    assert isinstance(late, dg.SkipReason) and "2026-01-06" in late.skip_message
+
+
+def test_definitions_wire_automation():
+    names = {s.name for s in defs.sensors}
+    assert {"landing_zone_sensor", "streamrec_automation", "run_failure_alerts", "recovery_alerts",
+            "model_promotion_alerts", "freshness_alerts"} <= names
+    graph = defs.resolve_asset_graph()
+    for key in ("user_features", "training_examples", "ranking_model", "registered_model", "batch_recommendations"):
+        assert graph.get(dg.AssetKey(key)).automation_condition is not None, key
+    models = graph.get(dg.AssetKey("registered_model")).freshness_policy
+    features = graph.get(dg.AssetKey("user_features")).freshness_policy
+    assert models.fail_window.to_timedelta().total_seconds() == 26 * 3600
+    assert features.fail_window.to_timedelta() < models.fail_window.to_timedelta()
+    assert graph.get(dg.AssetKey("ranking_model")).pools == {"training"}
+    assert graph.get(dg.AssetKey("feast_feature_views")).pools == {"feature_store"}
+
+
+class Receiver:
+    """A local HTTP receiver standing in for a Slack webhook."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver(monkeypatch):
+    r = Receiver()
+    monkeypatch.setenv("STREAMREC_ALERT_WEBHOOK_URL", r.url)
+    yield r
+    r.close()
+
+
+def test_classification():
+    assert classify_run_failure("raw_events exceeds the failure budget", [], 0, 1) == Severity.P1
+    assert classify_run_failure("boom", ["raw_events:contract"], 0, 1) == Severity.P1
+    assert classify_run_failure("connection reset", [], 0, 1) is None, "a run retry will follow"
+    assert classify_run_failure("connection reset", [], 1, 1) == Severity.P0
+
+
+def test_webhook_delivery_is_slack_compatible(receiver):
+    assert send(Alert(Severity.P2, "not promoted", "reason"), receiver.url) == ["log", "webhook"]
+    body = receiver.bodies[0]
+    assert body["text"].startswith("[P2] not promoted") and body["severity"] == "P2"
+    assert send(Alert(Severity.P0, "down"), "http://127.0.0.1:9/nothing") == ["log"], "delivery failure never raises"
+
+
+@dg.asset
+def flaky_storage():
+    raise ConnectionError("storage unreachable")
+
+
+@dg.asset
+def contract_breach():
+    raise dg.Failure("raw_events: 5% of records violate the contract, above the failure budget", allow_retries=False)
+
+
+def _failure_context(instance, asset):
+    result = dg.materialize([asset], instance=instance, raise_on_error=False)
+    run = instance.get_run_by_id(result.run_id)
+    failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+    return dg.build_run_status_sensor_context(
+        sensor_name="run_failure_alerts", dagster_instance=instance, dagster_run=run, dagster_event=failure
+    ).for_run_failure()
+
+
+def test_run_failure_sensor_pages_p0_and_p1(receiver):
+    with dg.instance_for_test() as instance:
+        run_failure_alerts(_failure_context(instance, flaky_storage))
+        run_failure_alerts(_failure_context(instance, contract_breach))
+    severities = [b["severity"] for b in receiver.bodies]
+    assert severities == ["P0", "P1"]
+    assert "storage unreachable" in receiver.bodies[0]["text"]
+
+
+def test_model_not_promoted_is_p2(receiver):
+    @dg.asset(name="registered_model")
+    def fake_registry():
+        return dg.MaterializeResult(metadata={"promoted": False, "decision": "challenger 0.70 < champion 0.72"})
+
+    with dg.instance_for_test() as instance:
+        dg.materialize([fake_registry], instance=instance)
+        list(model_promotion_alerts(dg.build_sensor_context(instance=instance)) or [])
+    assert [b["severity"] for b in receiver.bodies] == ["P2"]
+    assert "0.70 < champion 0.72" in receiver.bodies[0]["text"]
+
+
+def test_backfill_plans():
+    assert split_range("2026-01-01", "2026-01-10", 3) == [
+        ("2026-01-01", "2026-01-04"), ("2026-01-05", "2026-01-07"), ("2026-01-08", "2026-01-10")]
+    assert plan("2026-01-01", "2026-01-10", 1) == [[Step("all", ("*",), "2026-01-01", "2026-01-10")]]
+    waves = plan("2026-01-01", "2026-01-10", 2)
+    layers = [w[0].layer for w in waves]
+    assert layers.index("ingest") < layers.index("features") < layers.index("training_data") < layers.index("ranking")
+    ingest = next(w for w in waves if w[0].layer == "ingest")
+    assert [(s.start, s.end) for s in ingest] == [("2026-01-01", "2026-01-05"), ("2026-01-06", "2026-01-10")]
+    registry = [w for w in waves if w[0].layer == "registry"]
+    assert all(len(w) == 1 for w in registry), "the champion gate runs its sub-ranges one at a time"
+    newest = plan("2026-01-01", "2026-01-10", 2, "newest-first")
+    assert next(w for w in newest if w[0].layer == "ingest")[0].start == "2026-01-06"
+    with pytest.raises(ValueError):
+        plan("2026-01-01", "2026-01-10", 2, "random")
+
+
+def test_backfill_waits_for_each_wave_and_stops_on_failure():
+    calls, active, peak = [], [0], [0]
+    lock = threading.Lock()
+
+    def runner(step):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            calls.append(step.layer)
+        import time
+
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return (1, "boom") if step.layer == "ranking" else (0, "")
+
+    waves = plan("2026-01-01", "2026-01-10", 3)
+    assert run(waves, workers=3, runner=runner, echo=lambda _: None) == 1
+    assert peak[0] == 3, "a layer's sub-ranges run at once"
+    assert calls[-3:] == ["ranking"] * 3 and "evaluation" not in calls, "nothing after a failed wave"
+    first = {layer: calls.index(layer) for layer in ("ingest", "features", "training_data")}
+    assert first["ingest"] < first["features"] < first["training_data"]
