@@ -30,8 +30,10 @@ def landing(tmp_path):
     return uri
 
 
-def evaluate(uri: str, cursor: str | None):
-    context = dg.build_sensor_context(cursor=cursor, resources={"landing": LandingZone(uri=uri)})
+def evaluate(uri: str, cursor: str | None, instance=None):
+    context = dg.build_sensor_context(
+        cursor=cursor, resources={"landing": LandingZone(uri=uri)}, instance=instance or dg.DagsterInstance.ephemeral()
+    )
     return landing_zone_sensor(context)
 
 
@@ -56,6 +58,19 @@ def test_landing_sensor_new_duplicate_late_and_corrected_days(landing):
     assert [r.partition_key for r in corrected.run_requests] == ["2026-01-04"]
     assert corrected.run_requests[0].run_key != old_key
     assert corrected.run_requests[0].tags["streamrec/trigger"] == "corrected re-delivery"
+
+
+def test_landing_sensor_skips_a_day_already_ingested_from_the_same_file(landing, tmp_path):
+    from streamrec_assets.settings import Settings
+    from streamrec_assets_tests.conftest import run_range
+
+    settings = Settings(home=str(tmp_path), storage_uri=str(tmp_path / "storage"), landing_uri=landing)
+    with dg.instance_for_test() as instance:
+        selection = ["user_catalog", "item_catalog", "raw_events", "raw_events_dlq"]
+        assert run_range(settings, instance, "2026-01-03", "2026-01-03", selection=selection).success
+        result = evaluate(landing, None, instance)
+    assert [r.partition_key for r in result.run_requests] == [None, "2026-01-04"]
+    assert "2026-01-03" in json.loads(result.cursor)["days"]
 
 
 def test_landing_sensor_waits_for_the_completion_marker(landing, tmp_path):

@@ -1,6 +1,8 @@
 """Group ``ingest``: catalogues, validated raw events and their dead-letter queue."""
 
 
+import hashlib
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -100,6 +102,7 @@ def raw_events(
             # Not delivered (or not complete): retrying the step cannot make the file appear.
             raise dg.Failure(str(exc), allow_retries=False) from exc
         result = ingest_day(data, day, user_ids, item_ids)
+        sha256 = hashlib.sha256(data).hexdigest()
         valid.append(result.valid)
         rejected.append(result.rejected)
         per_day[day] = {
@@ -108,6 +111,7 @@ def raw_events(
             "rejected": len(result.rejected),
             "duplicates": result.duplicates,
             "failure_rate": round(result.failure_rate, 6),
+            "sha256": sha256,
         }
         context.log.info(f"{day}: {per_day[day]}")
         error = failure_budget_error(result, config.max_failure_rate, str(landing.events_path(day)))
