@@ -57,7 +57,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -616,49 +615,26 @@ def _is_remote(uri: str) -> bool:
 
 
 def _write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` to ``uri``: local paths atomically (temp file + rename), URIs via UPath."""
-    if _is_remote(uri):
-        from upath import UPath
+    """Write ``data`` to ``uri`` atomically (local: temp file + rename; S3: one PUT)."""
+    from streamrec_assets.io_managers import storage_path, write_bytes
 
-        p = UPath(uri)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        except Exception:  # object stores often have no directories
-            pass
-        p.write_bytes(data)
-        return
-    directory = os.path.dirname(uri) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(uri)}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, uri)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(data, storage_path(uri))
 
 
 def _read_bytes(uri: str) -> bytes | None:
     """File contents, or None when it does not exist."""
-    try:
-        if _is_remote(uri):
-            from upath import UPath
+    from streamrec_assets.io_managers import storage_path
 
-            return UPath(uri).read_bytes()
-        with open(uri, "rb") as f:
-            return f.read()
+    try:
+        return storage_path(uri).read_bytes()
     except FileNotFoundError:
         return None
 
 
 def _exists(uri: str) -> bool:
-    if _is_remote(uri):
-        from upath import UPath
+    from streamrec_assets.io_managers import path_exists, storage_path
 
-        return UPath(uri).exists()
-    return os.path.exists(uri)
+    return path_exists(storage_path(uri))
 
 
 def _parquet_bytes(df: pd.DataFrame) -> bytes:

@@ -67,8 +67,27 @@ def format_key_spans(keys: Iterable[str]) -> list[str]:
     return [a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in spans]
 
 
+def storage_path(uri: str, s3_endpoint_url: str | None = None) -> UPath:
+    """A UPath for a local path or an ``s3://`` URI on any S3-compatible endpoint.
+
+    The endpoint defaults to ``STREAMREC_S3_ENDPOINT_URL``; credentials come from the
+    standard AWS environment (never from code or config files).
+    """
+    from upath import UPath
+
+    if uri.startswith("s3://"):
+        endpoint = os.environ.get("STREAMREC_S3_ENDPOINT_URL", "") if s3_endpoint_url is None else s3_endpoint_url
+        return UPath(uri, client_kwargs={"endpoint_url": endpoint}) if endpoint else UPath(uri)
+    return UPath(uri)
+
+
 def is_local(path: UPath) -> bool:
     return getattr(path, "protocol", "") in _LOCAL_PROTOCOLS
+
+
+def os_path(path: UPath) -> str:
+    """The operating-system path of a local UPath (``file://`` URIs included)."""
+    return path.path if getattr(path, "protocol", "") in ("file", "local") else str(path)
 
 
 def _atomic_write(path: UPath, write) -> int:
@@ -79,7 +98,7 @@ def _atomic_write(path: UPath, write) -> int:
     is atomic, so readers see the previous object or the new one, never a prefix.
     """
     if is_local(path):
-        target = str(path)
+        target = os_path(path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
         try:
@@ -121,12 +140,12 @@ def read_parquet(path: UPath) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     if is_local(path):
-        return pq.read_table(str(path)).to_pandas()
+        return pq.read_table(os_path(path)).to_pandas()
     return pq.read_table(path.path, filesystem=path.fs).to_pandas()
 
 
 def path_exists(path: UPath) -> bool:
-    return os.path.exists(str(path)) if is_local(path) else path.exists()
+    return os.path.exists(os_path(path)) if is_local(path) else path.exists()
 
 
 class PartitionedParquetIOManager(dg.ConfigurableIOManager):
@@ -137,12 +156,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
 
     # -- paths --------------------------------------------------------------------------------
     def root(self) -> UPath:
-        from upath import UPath
-
-        options: dict[str, Any] = {}
-        if self.base_uri.startswith("s3://") and self.s3_endpoint_url:
-            options["client_kwargs"] = {"endpoint_url": self.s3_endpoint_url}
-        return UPath(self.base_uri, **options)
+        return storage_path(self.base_uri, self.s3_endpoint_url)
 
     def asset_dir(self, asset_key: dg.AssetKey) -> UPath:
         return self.root().joinpath(*asset_key.path)

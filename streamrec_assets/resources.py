@@ -26,11 +26,9 @@ class LandingZone(dg.ConfigurableResource):
     s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
 
     def _path(self, location: str) -> UPath:
-        from upath import UPath
+        from streamrec_assets.io_managers import storage_path
 
-        if "://" in location and self.s3_endpoint_url:
-            return UPath(location, client_kwargs={"endpoint_url": self.s3_endpoint_url})
-        return UPath(location)
+        return storage_path(location, self.s3_endpoint_url)
 
     def events_path(self, day: str) -> UPath:
         from streamrec_assets import datagen
