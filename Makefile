@@ -7,7 +7,7 @@ export STREAMREC_HOME ?= $(CURDIR)/.streamrec
 export DAGSTER_HOME ?= $(STREAMREC_HOME)/dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup demo test dev bench lint clean mlflow-ui
+.PHONY: setup redis demo test dev bench lint clean mlflow-ui
 
 setup: $(STAMP)  ## create .venv and install the package with its test extras (quick when nothing changed)
 
@@ -20,7 +20,19 @@ $(STAMP): pyproject.toml
 demo: setup  ## generate data, materialise the graph on local defaults, print a summary
 	$(BIN)/python -m streamrec_assets.demo
 
-test: setup  ## the whole test suite
+redis:  ## redis-server for the Redis online-store tests: apt-get when root, else a warning (those tests skip)
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing redis-server with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 \
+	         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1; } || true; \
+	  fi; \
+	  command -v redis-server >/dev/null 2>&1 \
+	  || echo "WARNING: redis-server is not installed and could not be; the Redis tests will be skipped."; \
+	}
+
+test: setup redis  ## the whole test suite
 	$(BIN)/python -m pytest -q
 
 dev: setup  ## the Dagster UI on http://127.0.0.1:3000 (state under $$STREAMREC_HOME)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import dagster as dg
 
@@ -21,14 +22,24 @@ from streamrec_assets.resources import (
 from streamrec_assets.settings import Settings, get_settings
 
 
+def _s3_credentials(settings: Settings) -> dict:
+    """S3 credentials as dg.EnvVar (resolved at run time, shown by name only) when S3 is configured."""
+    uses_s3 = any(uri.startswith("s3://") for uri in (settings.storage_uri, settings.landing_uri))
+    if not uses_s3 or not os.environ.get("AWS_ACCESS_KEY_ID"):
+        return {}  # local storage, or an instance role / AWS profile chosen by the environment
+    return {
+        "aws_access_key_id": dg.EnvVar("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
+    }
+
+
 def build_resources(settings: Settings) -> dict:
     """Resources for one environment; storage is chosen by settings (local or s3://) only."""
+    s3 = {"s3_endpoint_url": settings.s3_endpoint_url, **_s3_credentials(settings)}
     return {
-        "io_manager": PartitionedParquetIOManager(
-            base_uri=settings.storage_uri, s3_endpoint_url=settings.s3_endpoint_url
-        ),
-        "landing": LandingZone(uri=settings.landing_uri, s3_endpoint_url=settings.s3_endpoint_url),
-        "artifacts": ArtifactStore(base_uri=settings.storage_uri, s3_endpoint_url=settings.s3_endpoint_url),
+        "io_manager": PartitionedParquetIOManager(base_uri=settings.storage_uri, **s3),
+        "landing": LandingZone(uri=settings.landing_uri, **s3),
+        "artifacts": ArtifactStore(base_uri=settings.storage_uri, **s3),
         "feast": FeastResource(**dataclasses.asdict(feast_settings(settings))),
         "mlflow": MLflowResource(
             tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifacts_uri

@@ -19,6 +19,7 @@ Layout (Hive style)::
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Iterable, Sequence
@@ -67,17 +68,21 @@ def format_key_spans(keys: Iterable[str]) -> list[str]:
     return [a.isoformat() if a == b else f"{a.isoformat()}..{b.isoformat()}" for a, b in spans]
 
 
-def storage_path(uri: str, s3_endpoint_url: str | None = None) -> UPath:
+def storage_path(uri: str, s3_endpoint_url: str | None = None, key: str = "", secret: str = "") -> UPath:
     """A UPath for a local path or an ``s3://`` URI on any S3-compatible endpoint.
 
-    The endpoint defaults to ``STREAMREC_S3_ENDPOINT_URL``; credentials come from the
-    standard AWS environment (never from code or config files).
+    The endpoint defaults to ``STREAMREC_S3_ENDPOINT_URL``. Credentials are passed by
+    resources that received them as ``dg.EnvVar`` s, else s3fs reads the standard AWS
+    environment; they never appear in code, config files or logs.
     """
     from upath import UPath
 
     if uri.startswith("s3://"):
         endpoint = os.environ.get("STREAMREC_S3_ENDPOINT_URL", "") if s3_endpoint_url is None else s3_endpoint_url
-        return UPath(uri, client_kwargs={"endpoint_url": endpoint}) if endpoint else UPath(uri)
+        options: dict[str, Any] = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+        if key and secret:
+            options.update(key=key, secret=secret)
+        return UPath(uri, **options)
     return UPath(uri)
 
 
@@ -108,9 +113,13 @@ def _atomic_write(path: UPath, write) -> int:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return os.path.getsize(target)
-    with path.open("wb") as handle:
-        write(handle)
-    return path.stat().st_size
+    # Serialise fully in memory first: a failure while writing must not leave a partial object
+    # (a buffered S3 file uploads what it holds when closed, even on an exception).
+    buffer = io.BytesIO()
+    write(buffer)
+    data = buffer.getvalue()
+    path.write_bytes(data)
+    return len(data)
 
 
 def write_parquet(df: pd.DataFrame, path: UPath) -> int:
@@ -153,10 +162,12 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
 
     base_uri: str = Field(description="Root of asset storage: a local directory or s3://bucket/prefix.")
     s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
+    aws_access_key_id: str = Field(default="", description="S3 key (pass dg.EnvVar('AWS_ACCESS_KEY_ID')).")
+    aws_secret_access_key: str = Field(default="", description="S3 secret (pass dg.EnvVar(...)).")
 
     # -- paths --------------------------------------------------------------------------------
     def root(self) -> UPath:
-        return storage_path(self.base_uri, self.s3_endpoint_url)
+        return storage_path(self.base_uri, self.s3_endpoint_url, self.aws_access_key_id, self.aws_secret_access_key)
 
     def asset_dir(self, asset_key: dg.AssetKey) -> UPath:
         return self.root().joinpath(*asset_key.path)

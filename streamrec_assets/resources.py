@@ -24,11 +24,13 @@ class LandingZone(dg.ConfigurableResource):
 
     uri: str = Field(description="Root of the landing zone: a local directory or s3://bucket/prefix.")
     s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
+    aws_access_key_id: str = Field(default="", description="S3 key (pass dg.EnvVar('AWS_ACCESS_KEY_ID')).")
+    aws_secret_access_key: str = Field(default="", description="S3 secret (pass dg.EnvVar(...)).")
 
     def _path(self, location: str) -> UPath:
         from streamrec_assets.io_managers import storage_path
 
-        return storage_path(location, self.s3_endpoint_url)
+        return storage_path(location, self.s3_endpoint_url, self.aws_access_key_id, self.aws_secret_access_key)
 
     def events_path(self, day: str) -> UPath:
         from streamrec_assets import datagen
@@ -116,11 +118,18 @@ class ArtifactStore(dg.ConfigurableResource):
 
     base_uri: str = Field(description="Root of asset storage: a local directory or s3://bucket/prefix.")
     s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
+    aws_access_key_id: str = Field(default="", description="S3 key (pass dg.EnvVar('AWS_ACCESS_KEY_ID')).")
+    aws_secret_access_key: str = Field(default="", description="S3 secret (pass dg.EnvVar(...)).")
 
     def _io(self):
         from streamrec_assets.io_managers import PartitionedParquetIOManager
 
-        return PartitionedParquetIOManager(base_uri=self.base_uri, s3_endpoint_url=self.s3_endpoint_url)
+        return PartitionedParquetIOManager(
+            base_uri=self.base_uri,
+            s3_endpoint_url=self.s3_endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+        )
 
     def path(self, asset: str, day: str, name: str) -> UPath:
         return self._io().partition_path(dg.AssetKey(asset), day).parent / name

@@ -91,7 +91,10 @@ class Settings:
 
     @property
     def mlflow_artifacts_uri(self) -> str:
-        """Where a local MLflow backend stores artifacts (an MLflow server decides its own)."""
+        """Artifact root of new experiments with a local backend; empty for an MLflow server,
+        which decides its own (e.g. ``--artifacts-destination s3://...``)."""
+        if self.mlflow_tracking_uri.startswith(("http://", "https://", "databricks")):
+            return ""
         return f"{self.home}/mlflow/artifacts"
 
 

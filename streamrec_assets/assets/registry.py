@@ -129,17 +129,20 @@ def registered_model(
                     }
                 )
                 mlflow_lib.log_metrics({**metrics, "validation_ndcg_at_20": float(card["validation_ndcg_at_20"])})
-                info = mlflow_xgboost.log_model(booster, name="model", model_format="ubj")
+                info = mlflow_xgboost.log_model(
+                    booster, name="model", model_format="ubj", registered_model_name=name
+                )
                 record["mlflow_run_id"] = run.info.run_id
                 mlflow_lib.log_dict(record, "lineage.json")
                 mlflow_lib.set_tags({"partition": day, "input_fingerprint": fingerprint})
-            version = client.create_model_version(
-                name,
-                source=info.model_uri,
-                run_id=run.info.run_id,
-                tags={"partition": day, "input_fingerprint": fingerprint, **lineage.as_tags(record)},
-                description=f"Ranker trained through {card['validation_day']}, evaluated on {day}.",
+            version = client.get_model_version(name, str(info.registered_model_version))
+            tags = {"partition": day, "input_fingerprint": fingerprint, **lineage.as_tags(record)}
+            for key, value in tags.items():
+                client.set_model_version_tag(name, version.version, key, value)
+            client.update_model_version(
+                name, version.version, description=f"Ranker trained through {card['validation_day']}, evaluated on {day}."
             )
+            version = client.get_model_version(name, version.version)
             reused = False
         client.set_registered_model_alias(name, CHALLENGER, version.version)
 

@@ -17,6 +17,7 @@ writes the same configuration for the ``feast`` CLI (see README).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -42,7 +43,14 @@ class FeastSettings:
     s3_endpoint_url: str = ""
 
     @property
+    def on_s3(self) -> bool:
+        return self.storage_uri.startswith("s3://")
+
+    @property
     def registry_path(self) -> str:
+        """Next to the data on S3 (shared by every pod), else a local file."""
+        if self.on_s3:
+            return f"{self.storage_uri.rstrip('/')}/_feast/registry.pb"
         return f"{self.repo_dir}/registry.db"
 
     @property
@@ -89,10 +97,10 @@ def source_fields(fs: FeastSettings, view: str) -> list:
     import pyarrow.parquet as pq
     from feast import Field
     from feast.types import Bool, Float64, Int64, String
-    from upath import UPath
 
-    options = {"client_kwargs": {"endpoint_url": fs.s3_endpoint_url}} if fs.s3_endpoint_url else {}
-    base = UPath(f"{fs.storage_uri.rstrip('/')}/{view}", **options)
+    from streamrec_assets.io_managers import storage_path
+
+    base = storage_path(f"{fs.storage_uri.rstrip('/')}/{view}", fs.s3_endpoint_url)
     parts = sorted(p for p in base.iterdir() if p.name.startswith("date=")) if base.exists() else []
     files = [p / "data.parquet" for p in reversed(parts) if (p / "data.parquet").exists()]
     if not files:
@@ -158,7 +166,43 @@ def get_store(fs: FeastSettings) -> FeatureStore:
 
     if "://" not in fs.repo_dir:
         Path(fs.repo_dir).mkdir(parents=True, exist_ok=True)
+    if fs.on_s3:
+        enable_s3(fs.s3_endpoint_url)
     return FeatureStore(config=repo_config(fs))
+
+
+_S3_READY: set[str] = set()
+
+
+def enable_s3(endpoint_url: str) -> None:
+    """Let Feast's DuckDB offline store and S3 registry reach an S3-compatible store.
+
+    DuckDB's httpfs extension is downloaded at run time, which this project never
+    does; instead the ibis DuckDB connection reads ``s3://`` through fsspec (s3fs,
+    endpoint and AWS credentials from the environment). Feast's S3 registry reads its
+    endpoint from ``FEAST_S3_ENDPOINT_URL``.
+    """
+    if endpoint_url:
+        os.environ.setdefault("FEAST_S3_ENDPOINT_URL", endpoint_url)
+    if endpoint_url in _S3_READY:
+        return
+    import ibis
+    import s3fs
+    from ibis.backends.duckdb import Backend
+
+    if not getattr(Backend._load_extensions, "_streamrec_fsspec", False):
+        original = Backend._load_extensions
+
+        def load_extensions(self, extensions, force_install=False):
+            rest = [e for e in extensions if e != "httpfs"]  # s3:// goes through fsspec
+            if rest:
+                original(self, rest, force_install)
+
+        load_extensions._streamrec_fsspec = True
+        Backend._load_extensions = load_extensions
+    options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
+    ibis.get_backend().con.register_filesystem(s3fs.S3FileSystem(**options))
+    _S3_READY.add(endpoint_url)
 
 
 def feature_refs(store: FeatureStore) -> list[str]:
