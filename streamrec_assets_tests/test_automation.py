@@ -236,3 +236,22 @@ def test_backfill_waits_for_each_wave_and_stops_on_failure():
     assert calls[-3:] == ["ranking"] * 3 and "evaluation" not in calls, "nothing after a failed wave"
     first = {layer: calls.index(layer) for layer in ("ingest", "features", "training_data")}
     assert first["ingest"] < first["features"] < first["training_data"]
+
+
+def test_freshness_failure_is_p1_once(receiver):
+    import time
+
+    from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
+
+    from streamrec_assets.automation import freshness_alerts
+
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(
+            FreshnessStateChange(key=dg.AssetKey("registered_model"), new_state=FreshnessState.FAIL,
+                                 previous_state=FreshnessState.PASS, state_change_timestamp=time.time())
+        )
+        first = dg.build_sensor_context(instance=instance)
+        freshness_alerts(first)
+        freshness_alerts(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    assert [b["severity"] for b in receiver.bodies] == ["P1"], "alerted once per transition to FAIL"
+    assert "registered_model is stale" in receiver.bodies[0]["text"]
