@@ -47,17 +47,9 @@ def dagster_home(home: str) -> str:
 
 
 def materialize(select: str, start: str, end: str, env: dict[str, str]) -> None:
-    cmd = [
-        str(Path(sys.executable).with_name("dagster")),
-        "asset",
-        "materialize",
-        "-m",
-        "streamrec_assets.definitions",
-        "--select",
-        select,
-        "--partition-range",
-        f"{start}...{end}",
-    ]
+    from streamrec_assets.backfill import Step
+
+    cmd = Step("demo", (select,), start, end).command()
     print("$", " ".join(cmd[1:]), flush=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:

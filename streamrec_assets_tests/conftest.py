@@ -69,3 +69,35 @@ def graph_32(landing_32, tmp_path_factory):
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         result = run_range(settings, instance, START, END)
         yield settings, instance, result
+
+
+def assert_online_equals_offline(store, settings, day: str, n: int = 50) -> int:
+    """Training/serving skew check: for (user, item) pairs with features on ``day``, the online
+    store returns exactly the values the offline store gives as of the end of that day.
+    Returns the number of feature columns compared."""
+    import dagster as dg
+    import numpy as np
+    import pandas as pd
+
+    from streamrec_assets.feature_repo import feature_refs, historical_features, online_features
+    from streamrec_assets.io_managers import PartitionedParquetIOManager, read_parquet
+
+    io = PartitionedParquetIOManager(base_uri=settings.storage_uri)
+    users = read_parquet(io.partition_path(dg.AssetKey("user_features"), day))["user_id"].to_numpy()[:n]
+    items = read_parquet(io.partition_path(dg.AssetKey("item_features"), day))["item_id"].to_numpy()[:n]
+    k = min(len(users), len(items))
+    assert k >= 10
+    pairs = pd.DataFrame({"user_id": users[:k], "item_id": items[:k]})
+    refs = feature_refs(store)
+    as_of = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
+    offline = historical_features(store, pairs.assign(event_timestamp=as_of), refs)
+    online = online_features(store, pairs["user_id"], pairs["item_id"], refs)
+    columns = [r.replace(":", "__") for r in refs]
+    assert online[columns].notna().to_numpy().mean() > 0.5, "the features have values online"
+    for col in columns:
+        a, b = offline[col].to_numpy(), online[col].to_numpy()
+        if offline[col].dtype == object or online[col].dtype == object:
+            assert list(map(str, a)) == list(map(str, b)), col
+        else:
+            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=0, atol=0, equal_nan=True, err_msg=col)
+    return len(columns)

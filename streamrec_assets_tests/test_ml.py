@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pytest
 
 from streamrec_assets.core.training import leaked_rows
 from streamrec_assets.definitions import build_resources
 from streamrec_assets.io_managers import PartitionedParquetIOManager, read_parquet
-from streamrec_assets_tests.conftest import END, START, run_range
+from streamrec_assets_tests.conftest import END, START, assert_online_equals_offline, run_range
 
 pytestmark = pytest.mark.slow
 NAME = "streamrec-ranker"
@@ -163,22 +162,6 @@ def test_batch_recommendations_from_champion_and_online_features(graph_32, clien
 
 def test_online_and_offline_features_are_identical(graph_32):
     """Training/serving skew: the same entities at the same time read the same values."""
-    from streamrec_assets.feature_repo import feature_refs, historical_features, online_features
-
     settings, _, _ = graph_32
     store = build_resources(settings)["feast"].store()
-    refs = feature_refs(store)
-    users = read(settings, "user_features", [END])["user_id"].to_numpy()[:50]
-    items = read(settings, "item_features", [END])["item_id"].to_numpy()[:50]
-    pairs = pd.DataFrame({"user_id": users[: min(len(users), len(items))], "item_id": items[: min(len(users), len(items))]})
-    as_of = pd.Timestamp(END, tz="UTC") + pd.Timedelta(days=1)
-    offline = historical_features(store, pairs.assign(event_timestamp=as_of), refs)
-    online = online_features(store, pairs["user_id"], pairs["item_id"], refs)
-    columns = [r.replace(":", "__") for r in refs]
-    assert len(columns) > 30
-    for col in columns:
-        a, b = offline[col].to_numpy(), online[col].to_numpy()
-        if offline[col].dtype == object or online[col].dtype == object:
-            assert list(map(str, a)) == list(map(str, b)), col
-        else:
-            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=0, atol=0, equal_nan=True, err_msg=col)
+    assert assert_online_equals_offline(store, settings, END) > 30

@@ -12,15 +12,11 @@ import socket
 import subprocess
 import time
 
-import dagster as dg
-import numpy as np
-import pandas as pd
 import pytest
 
 from streamrec_assets.assets.feature_store import feature_day_bounds
-from streamrec_assets.io_managers import PartitionedParquetIOManager, read_parquet
 from streamrec_assets.resources import FeastResource
-from streamrec_assets_tests.conftest import END
+from streamrec_assets_tests.conftest import END, assert_online_equals_offline
 
 pytestmark = pytest.mark.slow
 NO_REDIS = (
@@ -75,17 +71,10 @@ def redis_port(tmp_path_factory):
         log.close()
 
 
-def _read(settings, asset: str, day: str) -> pd.DataFrame:
-    io = PartitionedParquetIOManager(base_uri=settings.storage_uri)
-    return read_parquet(io.partition_path(dg.AssetKey(asset), day))
-
-
 # Checked before the (session-scoped, minutes-long) graph fixture is built.
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason=NO_REDIS)
 def test_redis_online_features_equal_offline_features(graph_32, redis_port, tmp_path):
     import redis
-
-    from streamrec_assets.feature_repo import feature_refs, historical_features, online_features
 
     settings, _, _ = graph_32
     resource = FeastResource(
@@ -106,24 +95,7 @@ def test_redis_online_features_equal_offline_features(graph_32, redis_port, tmp_
     finally:
         client.close()
 
-    refs = feature_refs(store)
-    users = _read(settings, "user_features", END)["user_id"].to_numpy()[:50]
-    items = _read(settings, "item_features", END)["item_id"].to_numpy()[:50]
-    n = min(len(users), len(items))
-    assert n >= 10
-    pairs = pd.DataFrame({"user_id": users[:n], "item_id": items[:n]})
-    as_of = pd.Timestamp(END, tz="UTC") + pd.Timedelta(days=1)
-    offline = historical_features(store, pairs.assign(event_timestamp=as_of), refs)
-    online = online_features(store, pairs["user_id"], pairs["item_id"], refs)
-    columns = [r.replace(":", "__") for r in refs]
-    assert len(columns) > 30
-    assert online[columns].notna().to_numpy().mean() > 0.5, "the features have values online"
-    for col in columns:
-        a, b = offline[col].to_numpy(), online[col].to_numpy()
-        if offline[col].dtype == object or online[col].dtype == object:
-            assert list(map(str, a)) == list(map(str, b)), col
-        else:
-            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=0, atol=0, equal_nan=True, err_msg=col)
+    assert assert_online_equals_offline(store, settings, END) > 30
 
 
 def test_settings_select_redis(monkeypatch, tmp_path):
