@@ -12,7 +12,20 @@ if TYPE_CHECKING:
     from upath import UPath
 
 
-class LandingZone(dg.ConfigurableResource):
+class S3Access(dg.ConfigurableResource):
+    """Where a resource's files live: local paths, or s3:// URIs on any S3-compatible endpoint."""
+
+    s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
+    aws_access_key_id: str = Field(default="", description="S3 key (pass dg.EnvVar('AWS_ACCESS_KEY_ID')).")
+    aws_secret_access_key: str = Field(default="", description="S3 secret (pass dg.EnvVar(...)).")
+
+    def _path(self, location: str) -> UPath:
+        from streamrec_assets.io_managers import storage_path
+
+        return storage_path(location, self.s3_endpoint_url, self.aws_access_key_id, self.aws_secret_access_key)
+
+
+class LandingZone(S3Access):
     """The upstream export: one JSON Lines file per day plus a completion marker, and catalogues.
 
     Layout (written by ``streamrec generate`` or the real upstream export)::
@@ -23,14 +36,6 @@ class LandingZone(dg.ConfigurableResource):
     """
 
     uri: str = Field(description="Root of the landing zone: a local directory or s3://bucket/prefix.")
-    s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
-    aws_access_key_id: str = Field(default="", description="S3 key (pass dg.EnvVar('AWS_ACCESS_KEY_ID')).")
-    aws_secret_access_key: str = Field(default="", description="S3 secret (pass dg.EnvVar(...)).")
-
-    def _path(self, location: str) -> UPath:
-        from streamrec_assets.io_managers import storage_path
-
-        return storage_path(location, self.s3_endpoint_url, self.aws_access_key_id, self.aws_secret_access_key)
 
     def events_path(self, day: str) -> UPath:
         from streamrec_assets import datagen
@@ -109,7 +114,7 @@ class LandingZone(dg.ConfigurableResource):
             return pq.read_table(handle).to_pandas()
 
 
-class ArtifactStore(dg.ConfigurableResource):
+class ArtifactStore(S3Access):
     """Files that are not tables (models in their own formats, JSON records), next to the assets.
 
     ``<base_uri>/<asset>/date=YYYY-MM-DD/<name>``. A directory is complete when its
@@ -117,9 +122,6 @@ class ArtifactStore(dg.ConfigurableResource):
     """
 
     base_uri: str = Field(description="Root of asset storage: a local directory or s3://bucket/prefix.")
-    s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
-    aws_access_key_id: str = Field(default="", description="S3 key (pass dg.EnvVar('AWS_ACCESS_KEY_ID')).")
-    aws_secret_access_key: str = Field(default="", description="S3 secret (pass dg.EnvVar(...)).")
 
     def _io(self):
         from streamrec_assets.io_managers import PartitionedParquetIOManager
