@@ -57,9 +57,12 @@ FEATURES_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=
 #: Models and registry: fail window 26 h.
 MODELS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25))
 
-#: Assets that touch storage or servers retry transient errors with exponential backoff and jitter;
-#: persistent errors (contract violations, failure budget) raise ``Failure(allow_retries=False)``.
-STORAGE_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+#: Every asset that reads or writes storage or a server (input loading included) retries transient
+#: errors with exponential backoff and jitter: 2, 4, 8, 16 s (+-), about 30 s in all, so a short
+#: S3 or MLflow outage is ridden out. Persistent errors (streamrec_assets.errors.PersistentDataError:
+#: delivery mismatch, failed audit, failure budget, missing partitions) raise
+#: ``Failure(allow_retries=False)`` and are never retried.
+STORAGE_RETRY = dg.RetryPolicy(max_retries=4, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 #: Pool limits kept in the instance (Dagster OSS stores a pool's own limit there, not in dagster.yaml):
@@ -115,8 +118,12 @@ def ingested_sha256(instance, day: str) -> str | None:
     )
     if not result.records:
         return None
-    per_day = result.records[0].asset_materialization.metadata.get("per_day")
-    return ((per_day.value if per_day else {}).get(day) or {}).get("sha256")
+    metadata = result.records[0].asset_materialization.metadata
+    per_day = metadata.get("per_day")
+    if per_day is not None and day in (per_day.value or {}):  # a range run: every day's figures
+        return (per_day.value[day] or {}).get("landing_sha256")
+    sha = metadata.get("landing_sha256")
+    return str(sha.value) if sha is not None else None
 
 
 @dg.sensor(

@@ -7,13 +7,9 @@ malformed_rate, duplicate_rate)`` and nothing else: days are independent of each
 and of the range they were generated in, and the gzip bytes are stable (``mtime=0``,
 no file name in the header).
 
-Landing-zone layout (read by the ingest code)::
-
-    <landing>/catalog/users.parquet      user_id int64, signup_date str, country str
-    <landing>/catalog/items.parquet      item_id int64, genre str, duration_seconds int64,
-                                         release_date str
-    <landing>/events/date=YYYY-MM-DD/events-YYYY-MM-DD.jsonl.gz
-    <landing>/events/date=YYYY-MM-DD/_SUCCESS   JSON {"date", "records", "sha256", "params"}
+The files are written through :class:`streamrec_assets.landing.Landing` (the
+landing zone's layout and completion marker are the pipeline's contract, see
+that module).
 
 Event lines (one JSON object per line, sorted by ``event_timestamp``)::
 
@@ -53,7 +49,6 @@ every line of the file: valid + malformed + duplicates.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import time
@@ -63,8 +58,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from streamrec_assets.core.ingest import EVENT_FIELDS
 
@@ -588,77 +581,18 @@ def generate_day(
 
 
 # --------------------------------------------------------------------------- landing zone
-
-
-def _join(landing: str, *parts: str) -> str:
-    return "/".join([landing.rstrip("/"), *parts])
-
-
-def events_path(landing: str, day: str) -> str:
-    return _join(landing, "events", f"date={day}", f"events-{day}.jsonl.gz")
-
-
-def marker_path(landing: str, day: str) -> str:
-    return _join(landing, "events", f"date={day}", "_SUCCESS")
-
-
-def users_path(landing: str) -> str:
-    return _join(landing, "catalog", "users.parquet")
-
-
-def items_path(landing: str) -> str:
-    return _join(landing, "catalog", "items.parquet")
-
-
-def _is_remote(uri: str) -> bool:
-    return "://" in uri
-
-
-def _write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` to ``uri`` atomically (local: temp file + rename; S3: one PUT)."""
-    from streamrec_assets.io_managers import storage_path, write_bytes
-
-    write_bytes(data, storage_path(uri))
-
-
-def _read_bytes(uri: str) -> bytes | None:
-    """File contents, or None when it does not exist."""
-    from streamrec_assets.io_managers import storage_path
-
-    try:
-        return storage_path(uri).read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _exists(uri: str) -> bool:
-    from streamrec_assets.io_managers import path_exists, storage_path
-
-    return path_exists(storage_path(uri))
-
-
-def _parquet_bytes(df: pd.DataFrame) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
+# The layout and the completion marker belong to the pipeline's landing contract
+# (streamrec_assets.landing); the generator writes through it like a real export would.
 
 
 def write_catalog(landing: str, world: World) -> bool:
     """Write users/items parquet files unless identical ones exist; True when written."""
-    wrote = False
-    for uri, df in ((users_path(landing), world.users), (items_path(landing), world.items)):
-        data = _parquet_bytes(df)
-        if _read_bytes(uri) != data:
-            _write_bytes(uri, data)
-            wrote = True
-    return wrote
+    from streamrec_assets.landing import Landing
 
-
-def _days(start: str, end: str) -> list[str]:
-    s, e = date.fromisoformat(start), date.fromisoformat(end)
-    if e < s:
-        raise ValueError(f"end {end} is before start {start}")
-    return [(s + timedelta(days=k)).isoformat() for k in range((e - s).days + 1)]
+    zone = Landing(landing)
+    wrote_users = zone.write_catalog("users", world.users)
+    wrote_items = zone.write_catalog("items", world.items)
+    return wrote_users or wrote_items
 
 
 def generation_params(
@@ -699,44 +633,41 @@ def generate(
     ``{"date", "records", "seconds", "skipped", "path", "sha256", "malformed", "duplicates"}``
     (``malformed``/``duplicates`` are None for skipped days).
     """
-    days = _days(start, end)
+    from streamrec_assets.core.dates import day_range
+    from streamrec_assets.landing import Landing
+
+    days = day_range(start, end)
     users = default_users(events_per_day) if users is None else int(users)
     items = default_items(events_per_day) if items is None else int(items)
     params = generation_params(events_per_day, seed, users, items, malformed_rate, duplicate_rate)
     world = World.build(seed, users, items)
     write_catalog(landing, world)
+    zone = Landing(landing)
     out = []
     for day in days:
         t0 = time.perf_counter()
-        data_uri, mark_uri = events_path(landing, day), marker_path(landing, day)
-        if not force:
-            raw = _read_bytes(mark_uri)
-            if raw is not None and _exists(data_uri):
-                try:
-                    marker = json.loads(raw)
-                except ValueError:
-                    marker = None
-                if isinstance(marker, dict) and marker.get("params") == params:
-                    out.append(
-                        {
-                            "date": day,
-                            "records": int(marker.get("records", 0)),
-                            "seconds": time.perf_counter() - t0,
-                            "skipped": True,
-                            "path": data_uri,
-                            "sha256": marker.get("sha256"),
-                            "malformed": None,
-                            "duplicates": None,
-                        }
-                    )
-                    continue
+        data_uri = str(zone.events_path(day))
+        # A day is skipped only when its marker holds the same parameters *and* the file still
+        # matches the marker's sha256: a truncated or replaced file is regenerated.
+        cached = None if force else zone.verify_cached(day, params)
+        if cached is not None:
+            out.append(
+                {
+                    "date": day,
+                    "records": cached.records,
+                    "seconds": time.perf_counter() - t0,
+                    "skipped": True,
+                    "path": data_uri,
+                    "sha256": cached.sha256,
+                    "malformed": None,
+                    "duplicates": None,
+                }
+            )
+            continue
         data, stats = _generate_day(
             world, day, events_per_day, seed, malformed_rate, params["duplicate_rate"]
         )
-        sha = hashlib.sha256(data).hexdigest()
-        _write_bytes(data_uri, data)
-        marker = {"date": day, "records": stats.records, "sha256": sha, "params": params}
-        _write_bytes(mark_uri, json.dumps(marker, sort_keys=True).encode())
+        marker = zone.write_day(day, data, stats.records, params)
         out.append(
             {
                 "date": day,
@@ -744,7 +675,7 @@ def generate(
                 "seconds": time.perf_counter() - t0,
                 "skipped": False,
                 "path": data_uri,
-                "sha256": sha,
+                "sha256": marker.sha256,
                 "malformed": sum(stats.malformed.values()),
                 "duplicates": stats.duplicates,
             }

@@ -8,15 +8,24 @@ import os
 import dagster as dg
 
 from streamrec_assets import automation
-from streamrec_assets.assets import feature_store, features, ingest, models, registry, serving, training
+from streamrec_assets.assets import (
+    feature_store,
+    features,
+    ingest,
+    models,
+    registry,
+    retrieval,
+    serving,
+    training,
+)
 from streamrec_assets.automation import build_daily_schedule
 from streamrec_assets.io_managers import PartitionedParquetIOManager
 from streamrec_assets.partitions import daily_partitions
 from streamrec_assets.resources import (
-    ArtifactStore,
     FeastResource,
     LandingZone,
     MLflowResource,
+    Storage,
     feast_settings,
 )
 from streamrec_assets.settings import Settings, get_settings
@@ -36,10 +45,11 @@ def _s3_credentials(settings: Settings) -> dict:
 def build_resources(settings: Settings) -> dict:
     """Resources for one environment; storage is chosen by settings (local or s3://) only."""
     s3 = {"s3_endpoint_url": settings.s3_endpoint_url, **_s3_credentials(settings)}
+    storage = Storage(base_uri=settings.storage_uri, **s3)
     return {
-        "io_manager": PartitionedParquetIOManager(base_uri=settings.storage_uri, **s3),
+        "io_manager": PartitionedParquetIOManager(storage=storage),
+        "storage": storage,
         "landing": LandingZone(uri=settings.landing_uri, **s3),
-        "artifacts": ArtifactStore(base_uri=settings.storage_uri, **s3),
         "feast": FeastResource(**dataclasses.asdict(feast_settings(settings))),
         "mlflow": MLflowResource(
             tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifacts_uri
@@ -47,7 +57,9 @@ def build_resources(settings: Settings) -> dict:
     }
 
 
-all_assets = dg.load_assets_from_modules([ingest, features, feature_store, training, models, registry, serving])
+all_assets = dg.load_assets_from_modules(
+    [ingest, features, feature_store, training, retrieval, models, registry, serving]
+)
 
 daily_pipeline_job = dg.define_asset_job(
     "daily_pipeline",

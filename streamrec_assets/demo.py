@@ -61,17 +61,15 @@ def summarize(storage_uri: str, start: str, end: str) -> list[dict]:
     """Rows per asset over the range, read from the Parquet footers (cheap)."""
     import pyarrow.parquet as pq
 
-    from streamrec_assets.io_managers import PartitionedParquetIOManager, is_local
+    from streamrec_assets.storage import TableStore, is_local
 
-    store = PartitionedParquetIOManager(base_uri=storage_uri, s3_endpoint_url=get_settings().s3_endpoint_url)
+    store = TableStore(storage_uri)
     days = _days(start, end)
     rows = []
     for asset in PARTITIONED:
-        import dagster as dg
-
         total, columns = 0, []
         for day in days:
-            path = store.partition_path(dg.AssetKey(asset), day)
+            path = store.partition_path(asset, day)
             meta = pq.ParquetFile(str(path) if is_local(path) else path.open("rb")).metadata
             total += meta.num_rows
             columns = meta.schema.names
@@ -80,8 +78,9 @@ def summarize(storage_uri: str, start: str, end: str) -> list[dict]:
 
 
 def _days(start: str, end: str) -> list[str]:
-    a, b = date.fromisoformat(start), date.fromisoformat(end)
-    return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+    from streamrec_assets.core.dates import day_range
+
+    return day_range(start, end)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,14 +134,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_models(storage_uri: str, day: str) -> None:
     """The evaluation of the last day and the registry's decision."""
-    import dagster as dg
+    from streamrec_assets.storage import TableStore, read_parquet
 
-    from streamrec_assets.io_managers import PartitionedParquetIOManager, read_parquet
-
-    store = PartitionedParquetIOManager(base_uri=storage_uri, s3_endpoint_url=get_settings().s3_endpoint_url)
-    metrics = read_parquet(store.partition_path(dg.AssetKey("model_evaluation"), day))
-    registry = read_parquet(store.partition_path(dg.AssetKey("registered_model"), day)).iloc[0]
-    recs = read_parquet(store.partition_path(dg.AssetKey("batch_recommendations"), day))
+    store = TableStore(storage_uri)
+    metrics = read_parquet(store.partition_path("model_evaluation", day))
+    registry = read_parquet(store.partition_path("registered_model", day)).iloc[0]
+    recs = read_parquet(store.partition_path("batch_recommendations", day))
     print(f"\nHold-out evaluation on {day} (users with a rankable slate: {int(metrics['users'].max())})")
     print(f"{'method':<12}{'NDCG@20':>10}{'Recall@100':>12}")
     for row in metrics.itertuples():

@@ -1,4 +1,4 @@
-"""Resources: the landing zone the pipeline reads from (local directory or S3)."""
+"""Resources: the landing zone, asset storage, Feast and MLflow (each configured, never hard-coded)."""
 
 from __future__ import annotations
 
@@ -11,166 +11,107 @@ if TYPE_CHECKING:
     import pandas as pd
     from upath import UPath
 
+    from streamrec_assets.landing import Delivery, Landing, Marker
+    from streamrec_assets.storage import S3Options, TableStore, Transaction
+
 
 class S3Access(dg.ConfigurableResource):
-    """Where a resource's files live: local paths, or s3:// URIs on any S3-compatible endpoint."""
+    """Where a resource's files live: local paths, or s3:// URIs on any S3-compatible endpoint.
+
+    The endpoint and the credentials are declared here once; the credentials are passed as
+    ``dg.EnvVar`` (shown by name only) or left empty for the standard AWS environment.
+    """
 
     s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
     aws_access_key_id: str = Field(default="", description="S3 key (pass dg.EnvVar('AWS_ACCESS_KEY_ID')).")
     aws_secret_access_key: str = Field(default="", description="S3 secret (pass dg.EnvVar(...)).")
 
-    def _path(self, location: str) -> UPath:
-        from streamrec_assets.io_managers import storage_path
+    def s3_options(self) -> S3Options:
+        from streamrec_assets.storage import S3Options
 
-        return storage_path(location, self.s3_endpoint_url, self.aws_access_key_id, self.aws_secret_access_key)
+        return S3Options(self.s3_endpoint_url, self.aws_access_key_id, self.aws_secret_access_key)
 
 
 class LandingZone(S3Access):
-    """The upstream export: one JSON Lines file per day plus a completion marker, and catalogues.
-
-    Layout (written by ``streamrec generate`` or the real upstream export)::
-
-        <uri>/events/date=YYYY-MM-DD/events-YYYY-MM-DD.jsonl.gz
-        <uri>/events/date=YYYY-MM-DD/_SUCCESS
-        <uri>/catalog/users.parquet, <uri>/catalog/items.parquet
-    """
+    """The upstream export (layout and completion marker: :mod:`streamrec_assets.landing`)."""
 
     uri: str = Field(description="Root of the landing zone: a local directory or s3://bucket/prefix.")
 
+    def landing(self) -> Landing:
+        from streamrec_assets.landing import Landing
+
+        return Landing(self.uri, self.s3_options())
+
     def events_path(self, day: str) -> UPath:
-        from streamrec_assets import datagen
-
-        return self._path(datagen.events_path(self.uri, day))
-
-    def marker_path(self, day: str) -> UPath:
-        from streamrec_assets import datagen
-
-        return self._path(datagen.marker_path(self.uri, day))
+        return self.landing().events_path(day)
 
     def is_complete(self, day: str) -> bool:
         """True when the day's file and its completion marker are both present."""
-        return self.marker_path(day).exists() and self.events_path(day).exists()
+        return self.landing().is_complete(day)
 
-    def read_events(self, day: str) -> bytes:
-        events = self.events_path(day)
-        if not self.marker_path(day).exists():
-            state = "has no completion marker yet" if events.exists() else "has not been delivered"
-            raise FileNotFoundError(
-                f"Landing day {day} {state}: expected {events} and its _SUCCESS marker under {self.uri}. "
-                f"Generate it with `streamrec generate --start {day} --end {day}`."
-            )
-        return events.read_bytes()
+    def read_delivery(self, day: str) -> Delivery:
+        """The day's file verified against its marker (sha256, records, complete stream)."""
+        return self.landing().read_delivery(day)
 
-    def read_marker(self, day: str) -> dict | None:
-        """The day's completion marker (``{"date", "records", "sha256", "params"}``), or None."""
-        import json
-
-        marker = self.marker_path(day)
-        return json.loads(marker.read_bytes()) if marker.exists() else None
+    def read_marker(self, day: str) -> Marker | None:
+        return self.landing().read_marker(day)
 
     def delivered_days(self) -> dict[str, str]:
-        """Days whose file and completion marker are present: ``{day: sha256 of the file}``."""
-        import json
-
-        root = self._path(f"{self.uri.rstrip('/')}/events")
-        if not root.exists():
-            return {}
-        out = {}
-        for folder in sorted(root.iterdir()):
-            if not folder.name.startswith("date="):
-                continue
-            day = folder.name[len("date=") :]
-            marker = folder / "_SUCCESS"
-            if marker.exists() and self.events_path(day).exists():
-                out[day] = str(json.loads(marker.read_bytes()).get("sha256", ""))
-        return out
+        """Days whose file and completion marker are present: ``{day: sha256 from the marker}``."""
+        return self.landing().delivered_days()
 
     def catalog_fingerprint(self) -> str:
-        """A hash of the two catalogue files (changes when a new catalogue is delivered)."""
-        import hashlib
-
-        from streamrec_assets import datagen
-
-        digest = hashlib.sha256()
-        for location in (datagen.users_path(self.uri), datagen.items_path(self.uri)):
-            path = self._path(location)
-            digest.update(path.read_bytes() if path.exists() else b"missing")
-        return digest.hexdigest()
+        return self.landing().catalog_fingerprint()
 
     def read_catalog(self, name: str) -> pd.DataFrame:
         """``name`` is ``users`` or ``items``."""
-        import pyarrow.parquet as pq
-
-        from streamrec_assets import datagen
-
-        location = {"users": datagen.users_path, "items": datagen.items_path}[name](self.uri)
-        path = self._path(location)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"The {name} catalogue is missing from the landing zone ({path}); "
-                f"`streamrec generate` writes it."
-            )
-        with path.open("rb") as handle:
-            return pq.read_table(handle).to_pandas()
+        return self.landing().read_catalog(name)
 
 
-class ArtifactStore(S3Access):
-    """Files that are not tables (models in their own formats, JSON records), next to the assets.
+class Storage(S3Access):
+    """Asset storage (:mod:`streamrec_assets.storage`): tables, files next to them, transactions.
 
-    ``<base_uri>/<asset>/date=YYYY-MM-DD/<name>``. A directory is complete when its
-    ``manifest.json`` exists: writers put it last, readers look for it first.
+    ``<base_uri>/<asset>/date=YYYY-MM-DD/<name>``. Assets stage what they write in a
+    :class:`~streamrec_assets.storage.Transaction`, audit it, then publish it (write-audit-publish);
+    the IO manager reads the published values.
     """
 
     base_uri: str = Field(description="Root of asset storage: a local directory or s3://bucket/prefix.")
 
-    def _io(self):
-        from streamrec_assets.io_managers import PartitionedParquetIOManager
+    def tables(self) -> TableStore:
+        from streamrec_assets.storage import TableStore
 
-        return PartitionedParquetIOManager(
-            base_uri=self.base_uri,
-            s3_endpoint_url=self.s3_endpoint_url,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-        )
+        return TableStore(self.base_uri, self.s3_options())
+
+    def transaction(self, label: str = "") -> Transaction:
+        return self.tables().transaction(label)
 
     def path(self, asset: str, day: str, name: str) -> UPath:
-        return self._io().partition_path(dg.AssetKey(asset), day).parent / name
-
-    def write_bytes(self, asset: str, day: str, name: str, data: bytes) -> UPath:
-        from streamrec_assets.io_managers import write_bytes
-
-        path = self.path(asset, day, name)
-        write_bytes(data, path)
-        return path
+        return self.tables().partition_path(asset, day, name)
 
     def read_bytes(self, asset: str, day: str, name: str) -> bytes:
-        return self.path(asset, day, name).read_bytes()
-
-    def write_table(self, asset: str, day: str, name: str, df: pd.DataFrame) -> UPath:
-        from streamrec_assets.io_managers import write_parquet
+        from streamrec_assets.errors import NeverMaterializedError
+        from streamrec_assets.storage import read_bytes
 
         path = self.path(asset, day, name)
-        write_parquet(df, path)
-        return path
+        data = read_bytes(path)
+        if data is None:
+            raise NeverMaterializedError(f"{asset}[{day}]", str(path))
+        return data
 
     def read_table(self, asset: str, day: str, name: str) -> pd.DataFrame:
-        from streamrec_assets.io_managers import read_parquet
+        from streamrec_assets.storage import read_parquet
 
         return read_parquet(self.path(asset, day, name))
 
-    def write_manifest(self, asset: str, day: str, manifest: dict) -> UPath:
-        import json
-
-        return self.write_bytes(asset, day, "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
-
     def read_manifest(self, asset: str, day: str) -> dict | None:
-        """The manifest of a complete artifact directory, or None when absent."""
+        """The manifest of a published artifact directory, or None when absent."""
         import json
 
-        from streamrec_assets.io_managers import path_exists
+        from streamrec_assets.storage import read_bytes
 
-        path = self.path(asset, day, "manifest.json")
-        return json.loads(path.read_bytes()) if path_exists(path) else None
+        data = read_bytes(self.path(asset, day, "manifest.json"))
+        return None if data is None else json.loads(data)
 
 
 class FeastResource(dg.ConfigurableResource):

@@ -53,6 +53,7 @@ class Settings:
     landing_uri: str = ""
     start_date: str = field(default_factory=lambda: _date("STREAMREC_START_DATE", DEFAULT_START_DATE))
     max_failure_rate: float = field(default_factory=lambda: _float("STREAMREC_MAX_FAILURE_RATE", 0.01))
+    max_line_bytes: int = field(default_factory=lambda: int(_float("STREAMREC_MAX_LINE_BYTES", 1 << 20)))
     s3_endpoint_url: str = field(default_factory=lambda: _env("STREAMREC_S3_ENDPOINT_URL", ""))
     feast_online_store: str = field(default_factory=lambda: _env("STREAMREC_FEAST_ONLINE_STORE", "sqlite"))
     redis_url: str = field(default_factory=lambda: _env("STREAMREC_REDIS_URL", ""))

@@ -1,26 +1,53 @@
-"""Shared helpers for asset functions: metadata and contract checks."""
+"""Shared helpers for asset functions: write-audit-publish day by day, contracts, metadata.
+
+Every asset that stores data goes through :func:`run_days`: for each partition of
+the step (one day, or each day of a single-run range, in order) it
+
+1. computes the day's value(s) (a :class:`DayResult`: tables and the files next to them),
+2. **stages** them in a storage transaction (invisible to readers),
+3. **audits** them: the pandera contract of every table plus the asset's own checks,
+4. **publishes** them together when every blocking check passed, or moves them to
+   quarantine and fails the step without retry, naming the failed checks and the
+   quarantine location; the previously published value stays readable.
+
+A day is written as soon as it is audited, so a range holds one day in memory at
+a time. Errors of a persistent class fail at once (never retried); anything else
+is left to the step's retry policy.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
+
+from streamrec_assets.errors import AuditFailedError, PersistentDataError, persistent_failure
 
 if TYPE_CHECKING:
     import pandas as pd
     import pandera.pandas as pa
 
+    from streamrec_assets.resources import Storage
+
 CONTRACT_CHECK = "contract"
 
 
 def contract_check_spec(asset: str, description: str | None = None) -> dg.AssetCheckSpec:
-    """A blocking check: a failed contract stops everything downstream in the run."""
+    """A blocking check: a failed contract keeps the value out of storage and stops everything downstream."""
     return dg.AssetCheckSpec(
         CONTRACT_CHECK,
         asset=asset,
         blocking=True,
         description=description or f"The {asset} table satisfies its pandera schema (streamrec_assets.contracts).",
     )
+
+
+def schema_of(asset: str) -> pa.DataFrameSchema | None:
+    from streamrec_assets import contracts
+
+    return getattr(contracts, f"{asset}_schema", None)
 
 
 def contract_check(df: pd.DataFrame, schema: pa.DataFrameSchema, asset: str) -> dg.AssetCheckResult:
@@ -33,9 +60,7 @@ def contract_check(df: pd.DataFrame, schema: pa.DataFrameSchema, asset: str) -> 
         metadata["failure_sample"] = dg.MetadataValue.md(
             result.failures.head(20).astype(str).to_markdown(index=False)
         )
-    return dg.AssetCheckResult(
-        asset_key=asset, check_name=CONTRACT_CHECK, passed=result.passed, metadata=metadata
-    )
+    return dg.AssetCheckResult(asset_key=asset, check_name=CONTRACT_CHECK, passed=result.passed, metadata=metadata)
 
 
 def table_metadata(df: pd.DataFrame, preview_rows: int = 5) -> dict[str, Any]:
@@ -49,21 +74,208 @@ def table_metadata(df: pd.DataFrame, preview_rows: int = 5) -> dict[str, Any]:
     }
 
 
-def table_result(
+@dataclass
+class DayResult:
+    """What one step produced for one day: published together, or not at all.
+
+    ``tables``: asset -> the day's table (``<asset>/date=D/data.parquet``), audited by the
+    asset's contract. ``files`` / ``frames``: (asset, name) -> bytes / a table stored next to
+    it (models, manifests). ``checks``: further audits; blocking ones gate the publish.
+    ``metadata``: asset -> the day's figures for the UI.
+    """
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    files: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    frames: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)
+    checks: list[dg.AssetCheckResult] = field(default_factory=list)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    contracts: bool = True
+
+
+def _check_key(check: dg.AssetCheckResult) -> tuple[str, str]:
+    return (check.asset_key.to_user_string() if check.asset_key else "", check.check_name or "")
+
+
+def publish_day(
+    storage: Storage,
+    day: str | None,
+    result: DayResult,
+    blocking: set[tuple[str, str]],
+    label: str = "",
+) -> list[dg.AssetCheckResult]:
+    """Stage, audit and publish one day's result; returns its check results.
+
+    Raises :class:`AuditFailedError` (after quarantining the staged values) when a
+    blocking check fails; the published values are then untouched.
+    """
+    with storage.transaction(label=label or ",".join(result.tables) or "files") as txn:
+        for asset, df in result.tables.items():
+            txn.stage_table(asset, day, df)
+        for (asset, name), data in result.files.items():
+            txn.stage_file(asset, day or "", name, data)
+        for (asset, name), frame in result.frames.items():
+            txn.stage_frame_file(asset, day or "", name, frame)
+        checks = list(result.checks)
+        if result.contracts:
+            for asset, df in result.tables.items():
+                schema = schema_of(asset)
+                if schema is not None:
+                    checks.append(contract_check(df, schema, asset))
+        failed = [c for c in checks if not c.passed and _check_key(c) in blocking]
+        if failed:
+            names = [":".join(_check_key(c)) for c in failed]
+            where = txn.quarantine(
+                reason=f"failed blocking checks: {', '.join(names)}",
+                details={"partition": day, "checks": {n: dict(c.metadata) for n, c in zip(names, failed, strict=True)}},
+            )
+            assets = sorted({_check_key(c)[0] for c in failed})
+            raise AuditFailedError(
+                f"{', '.join(assets)}{f' [{day}]' if day else ''} failed its blocking checks "
+                f"({', '.join(names)}); nothing was published, the previous version stays in place. "
+                f"The rejected value is in quarantine: {where}",
+                failed_checks=names,
+                quarantine=where,
+                asset=assets[0],
+                partition=day or "",
+                location=where,
+            )
+        txn.commit()
+    return checks
+
+
+def blocking_checks(context: dg.AssetExecutionContext) -> set[tuple[str, str]]:
+    return {
+        (spec.asset_key.to_user_string(), spec.name)
+        for spec in context.assets_def.check_specs
+        if spec.blocking
+    }
+
+
+def run_days(
+    context: dg.AssetExecutionContext,
+    storage: Storage,
+    assets: Sequence[str],
+    compute: Callable[[str], DayResult],
+    days: Sequence[str] | None = None,
+    summarize: Callable[[str, dict[str, dict[str, Any]]], dict[str, Any]] | None = None,
+) -> Iterator[dg.MaterializeResult]:
+    """Write-audit-publish each day of the step in order; then one MaterializeResult per asset.
+
+    ``summarize(asset, per_day_metadata)`` may add range-level metadata; by default the
+    step reports the last day's figures plus ``partitions_written`` and, for ranges,
+    ``per_day`` (every day's figures).
+    """
+    days = list(days if days is not None else context.partition_keys)
+    blocking = blocking_checks(context)
+    spec_keys = {(s.asset_key.to_user_string(), s.name) for s in context.assets_def.check_specs}
+    per_day: dict[str, dict[str, dict[str, Any]]] = {a: {} for a in assets}
+    checks_seen: dict[tuple[str, str], list[tuple[str, dg.AssetCheckResult]]] = {}
+    for day in days:
+        try:
+            result = compute(day)
+            checks = publish_day(storage, day, result, blocking, label=f"{','.join(assets)}@{day}")
+        except AuditFailedError as err:
+            for check in _failed_checks_of(err):
+                yield check  # the UI shows which check failed, on which day
+            raise persistent_failure(err) from err
+        except PersistentDataError as err:
+            raise persistent_failure(err) from err
+        for check in checks:
+            checks_seen.setdefault(_check_key(check), []).append((day, check))
+        for asset in assets:
+            per_day[asset][day] = dict(result.metadata.get(asset, {}))
+            if asset in result.tables:
+                per_day[asset][day].setdefault("rows", len(result.tables[asset]))
+        context.log.info(f"{day}: published {', '.join(assets)}")
+    for asset in assets:
+        metadata = _summary(per_day[asset], days)
+        if summarize is not None:
+            metadata.update(summarize(asset, per_day[asset]))
+        results = [
+            _merge_checks(key, seen) for key, seen in checks_seen.items() if key[0] == asset and key in spec_keys
+        ]
+        yield dg.MaterializeResult(asset_key=asset, metadata=metadata, check_results=results)
+
+
+def _failed_checks_of(err: AuditFailedError) -> list[dg.AssetCheckResult]:
+    out = []
+    for name in err.failed_checks:
+        asset, check = name.split(":", 1)
+        metadata: dict[str, Any] = {"partition": err.partition, "quarantine": dg.MetadataValue.path(err.quarantine)}
+        out.append(dg.AssetCheckResult(asset_key=asset, check_name=check, passed=False, metadata=metadata))
+    return out
+
+
+def _merge_checks(key: tuple[str, str], seen: list[tuple[str, dg.AssetCheckResult]]) -> dg.AssetCheckResult:
+    asset, name = key
+    passed = all(c.passed for _, c in seen)
+    last_day, last = seen[-1]
+    metadata: dict[str, Any] = dict(last.metadata)
+    if len(seen) > 1:
+        metadata["partitions_checked"] = len(seen)
+        rows = [c.metadata.get("rows_checked") for _, c in seen]
+        if all(r is not None for r in rows):
+            metadata["rows_checked"] = int(sum(getattr(r, "value", r) for r in rows))
+        failed_days = [d for d, c in seen if not c.passed]
+        if failed_days:
+            metadata["failed_partitions"] = ", ".join(failed_days)
+    return dg.AssetCheckResult(asset_key=asset, check_name=name, passed=passed, metadata=metadata,
+                               severity=last.severity)
+
+
+def _summary(per_day: dict[str, dict[str, Any]], days: Sequence[str]) -> dict[str, Any]:
+    """Metadata of a step: the last day's figures, and every day's for a range."""
+    if not per_day:
+        return {}
+    last = per_day[days[-1]] if days[-1] in per_day else next(reversed(per_day.values()))
+    metadata: dict[str, Any] = {k: v for k, v in last.items() if k != "rows"}
+    rows = {d: m.get("rows") for d, m in per_day.items() if m.get("rows") is not None}
+    if rows:
+        metadata["dagster/row_count"] = int(rows.get(days[-1], 0))
+    metadata["partitions_written"] = len(per_day)
+    if len(per_day) > 1:
+        metadata["per_day"] = dg.MetadataValue.json(
+            {d: {k: _jsonable(v) for k, v in m.items()} for d, m in per_day.items()}
+        )
+    return metadata
+
+
+def _jsonable(value: Any) -> Any:
+    value = getattr(value, "value", value)
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value)
+
+
+def day_metadata(df: pd.DataFrame, preview_rows: int = 5, **extra: Any) -> dict[str, Any]:
+    """The per-day metadata of a table: rows, schema, preview and ``extra`` figures."""
+    meta = table_metadata(df, preview_rows)
+    meta["rows"] = meta.pop("dagster/row_count")
+    meta.update(extra)
+    return meta
+
+
+def publish_table(
+    context: dg.AssetExecutionContext,
+    storage: Storage,
     asset: str,
     df: pd.DataFrame,
     metadata: dict[str, Any] | None = None,
-    extra_checks: list[dg.AssetCheckResult] | None = None,
-    preview_rows: int = 5,
-) -> dg.MaterializeResult:
-    """The asset's table with its metadata and its blocking ``contract`` check
-    (schema ``<asset>_schema`` of :mod:`streamrec_assets.contracts`)."""
-    from streamrec_assets import contracts
-
-    schema = getattr(contracts, f"{asset}_schema")
-    return dg.MaterializeResult(
-        asset_key=asset,
-        value=df,
-        metadata={**table_metadata(df, preview_rows), **(metadata or {})},
-        check_results=[contract_check(df, schema, asset), *(extra_checks or [])],
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+    """Write-audit-publish an unpartitioned table (a catalogue): a bad one never replaces the good one."""
+    result = DayResult(tables={asset: df})
+    try:
+        checks = publish_day(storage, None, result, blocking_checks(context), label=asset)
+    except AuditFailedError as err:
+        yield from _failed_checks_of(err)
+        raise persistent_failure(err) from err
+    yield dg.MaterializeResult(
+        asset_key=asset, metadata={**table_metadata(df), **(metadata or {})}, check_results=checks
     )

@@ -8,10 +8,10 @@ offline store reads the feature assets' Parquet partitions directly (DuckDB).
 import dagster as dg
 import pandas as pd
 
-from streamrec_assets.assets.common import table_metadata
+from streamrec_assets.assets.common import DayResult, day_metadata, run_days
 from streamrec_assets.automation import EAGER_GATED, STORAGE_RETRY
 from streamrec_assets.partitions import daily_partitions, single_run
-from streamrec_assets.resources import FeastResource
+from streamrec_assets.resources import FeastResource, Storage
 
 
 def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -33,7 +33,7 @@ def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     description="Feast entities/sources/feature views applied, and the day's feature values materialised "
     "into the online store. One row per (day, feature view): version, rows, features.",
 )
-def feast_feature_views(context: dg.AssetExecutionContext, feast: FeastResource):
+def feast_feature_views(context: dg.AssetExecutionContext, storage: Storage, feast: FeastResource):
     from streamrec_assets.feature_repo import FEATURE_VIEWS, view_version
 
     store = feast.store()
@@ -54,10 +54,9 @@ def feast_feature_views(context: dg.AssetExecutionContext, feast: FeastResource)
     else:
         context.log.info(f"Online store already holds {newest_online}; not overwriting it with {days[-1]}.")
 
-    rows = []
-    for day in days:
-        for view in FEATURE_VIEWS:
-            rows.append(
+    def compute(day: str) -> DayResult:
+        record = pd.DataFrame(
+            [
                 {
                     "date": day,
                     "feature_view": view,
@@ -65,19 +64,20 @@ def feast_feature_views(context: dg.AssetExecutionContext, feast: FeastResource)
                     "features": n_features[view],
                     "online_materialized": bool(online),
                 }
-            )
-    record = pd.DataFrame(rows)
-    metadata = table_metadata(record, preview_rows=4)
-    metadata.update(
-        {
-            "feast_project": store.project,
-            "feature_views": dg.MetadataValue.json(versions),
-            "features_per_view": dg.MetadataValue.json(n_features),
-            "online_store": store.config.online_store.type,
-            "online_materialized_through": days[-1] if online else newest_online,
-        }
-    )
-    return dg.MaterializeResult(value=record, metadata=metadata)
+                for view in FEATURE_VIEWS
+            ]
+        )
+        meta = day_metadata(
+            record,
+            preview_rows=4,
+            feast_project=store.project,
+            online_store=store.config.online_store.type,
+            online_materialized_through=days[-1] if online else newest_online,
+            **{f"features_{view}": n for view, n in n_features.items()},
+        )
+        return DayResult(tables={"feast_feature_views": record}, metadata={"feast_feature_views": meta})
+
+    yield from run_days(context, storage, ["feast_feature_views"], compute)
 
 
 def _newest_materialized_day(context: dg.AssetExecutionContext) -> str | None:

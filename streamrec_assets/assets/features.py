@@ -2,18 +2,31 @@
 
 The window assets read the *daily aggregates* of the 28 days ending with
 their partition through ``TimeWindowPartitionMapping(start_offset=-27)``,
-never the raw events of those days.
+never the raw events of those days. Each day of a range is computed, audited and
+published in turn; a window asset keeps only its window's 28 daily tables in
+memory while it walks the range forward.
 """
 
+
+from collections import OrderedDict
 
 import dagster as dg
 import pandas as pd
 
-from streamrec_assets.assets.common import contract_check_spec, table_result
-from streamrec_assets.automation import EAGER_GATED, FEATURES_FRESHNESS
-from streamrec_assets.partitions import daily_partitions, feature_window_mapping, single_run
+from streamrec_assets.assets.common import DayResult, contract_check_spec, day_metadata, run_days
+from streamrec_assets.automation import EAGER_GATED, FEATURES_FRESHNESS, STORAGE_RETRY
+from streamrec_assets.core.dates import window_days
+from streamrec_assets.partitions import (
+    LONGEST_WINDOW_DAYS,
+    daily_partitions,
+    feature_window_mapping,
+    single_run,
+)
+from streamrec_assets.resources import Storage
+from streamrec_assets.storage import PartitionReader
 
 GROUP = "features"
+EVENT_COLUMNS = ["date", "user_id", "item_id", "event_type", "watch_seconds"]
 
 
 def _first_day() -> str:
@@ -28,14 +41,22 @@ def _daily_asset(name: str, entity: str, description: str):
         partitions_def=daily_partitions,
         backfill_policy=single_run,
         check_specs=[contract_check_spec(name)],
+        retry_policy=STORAGE_RETRY,
         automation_condition=EAGER_GATED,
         description=description,
     )
-    def _asset(raw_events: pd.DataFrame, item_catalog: pd.DataFrame):
+    def _asset(context: dg.AssetExecutionContext, storage: Storage, raw_events: PartitionReader,
+               item_catalog: pd.DataFrame):
         from streamrec_assets.core import features
 
-        daily = getattr(features, name)(raw_events, item_catalog)
-        return table_result(name, daily, {f"{entity}s": int(daily[entity].nunique()) if len(daily) else 0})
+        aggregate = getattr(features, name)
+
+        def compute(day: str) -> DayResult:
+            daily = aggregate(raw_events.read(day, EVENT_COLUMNS), item_catalog)
+            entities = int(daily[entity].nunique()) if len(daily) else 0
+            return DayResult(tables={name: daily}, metadata={name: day_metadata(daily, **{f"{entity}s": entities})})
+
+        yield from run_days(context, storage, [name], compute)
 
     return _asset
 
@@ -52,6 +73,27 @@ item_daily_activity = _daily_asset(
 )
 
 
+class WindowState:
+    """The daily aggregates of the last ``length`` days, read once each while a range walks forward."""
+
+    def __init__(self, reader: PartitionReader, length: int = LONGEST_WINDOW_DAYS):
+        self.reader = reader
+        self.length = length
+        self.days: OrderedDict[str, pd.DataFrame] = OrderedDict()
+
+    def window(self, day: str) -> pd.DataFrame:
+        wanted = [d for d in window_days(day, self.length) if d in self.reader.days]
+        for old in [d for d in self.days if d not in wanted]:
+            del self.days[old]
+        for d in wanted:
+            if d not in self.days:
+                self.days[d] = self.reader.read(d)
+        frames = [f for f in self.days.values() if len(f)]
+        if not frames:
+            return self.reader.empty()
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
 def _window_asset(name: str, upstream: str, entity: str, description: str):
     @dg.asset(
         name=name,
@@ -61,29 +103,32 @@ def _window_asset(name: str, upstream: str, entity: str, description: str):
         backfill_policy=single_run,
         ins={"daily": dg.AssetIn(upstream, partition_mapping=feature_window_mapping)},
         check_specs=[contract_check_spec(name)],
+        retry_policy=STORAGE_RETRY,
         automation_condition=EAGER_GATED,
         freshness_policy=FEATURES_FRESHNESS,
         description=description,
     )
-    def _asset(context: dg.AssetExecutionContext, daily: pd.DataFrame):
+    def _asset(context: dg.AssetExecutionContext, storage: Storage, daily: PartitionReader):
         from streamrec_assets.core.features import rolling_features
 
-        days = list(context.partition_keys)
-        feats = rolling_features(daily, days, entity, first_day=_first_day())
-        history = feats.groupby("date")["history_days"].first() if len(feats) else pd.Series(dtype="int64")
-        clipped = {d: int(h) for d, h in history.items() if h < 28}
-        metadata = {
-            "feature_columns": dg.MetadataValue.json(
-                [c for c in feats.columns if c not in ("date", entity, "feature_timestamp")]
-            ),
-            "daily_aggregate_rows_read": len(daily),
-            f"{entity}s_per_day": dg.MetadataValue.json(feats.groupby("date").size().to_dict()),
-            "windows_clipped_at_start_of_history": dg.MetadataValue.json(clipped),
-        }
-        return table_result(name, feats, metadata)
+        state = WindowState(daily)
+
+        def compute(day: str) -> DayResult:
+            window = state.window(day)
+            feats = rolling_features(window, [day], entity, first_day=_first_day())
+            history = int(feats["history_days"].iloc[0]) if len(feats) else 0
+            meta = day_metadata(
+                feats,
+                **{f"{entity}s": int(len(feats))},
+                daily_aggregate_rows_read=int(len(window)),
+                history_days=history,
+                feature_columns=int(len([c for c in feats.columns if c not in ("date", entity, "feature_timestamp")])),
+            )
+            return DayResult(tables={name: feats}, metadata={name: meta})
+
+        yield from run_days(context, storage, [name], compute)
 
     return _asset
-
 
 user_features = _window_asset(
     "user_features",

@@ -1,43 +1,60 @@
 """Group ``ingest``: catalogues, validated raw events and their dead-letter queue."""
 
 
-import hashlib
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from streamrec_assets.assets.common import contract_check_spec, table_result
+from streamrec_assets.assets.common import (
+    DayResult,
+    contract_check_spec,
+    day_metadata,
+    publish_table,
+    run_days,
+)
 from streamrec_assets.automation import STORAGE_RETRY
+from streamrec_assets.errors import PersistentDataError, persistent_failure
 from streamrec_assets.partitions import daily_partitions, single_run
-from streamrec_assets.resources import LandingZone
+from streamrec_assets.resources import LandingZone, Storage
 from streamrec_assets.settings import get_settings
 
 GROUP = "ingest"
 
 
+def _read_catalog(landing: LandingZone, name: str) -> pd.DataFrame:
+    try:
+        return landing.read_catalog(name)
+    except PersistentDataError as err:
+        raise persistent_failure(err) from err
+
+
 @dg.asset(
     group_name=GROUP,
     kinds={"parquet"},
-    backfill_policy=single_run,
     check_specs=[contract_check_spec("user_catalog")],
-    description="The user dimension (signup date, country) from the landing zone's catalogue export.",
+    retry_policy=STORAGE_RETRY,
+    description="The user dimension (signup date, country) from the landing zone's catalogue export. "
+    "Published only when it passes its contract: a bad catalogue never replaces the good one.",
 )
-def user_catalog(landing: LandingZone):
-    return table_result("user_catalog", landing.read_catalog("users"))
+def user_catalog(context: dg.AssetExecutionContext, landing: LandingZone, storage: Storage):
+    users = _read_catalog(landing, "users")
+    yield from publish_table(context, storage, "user_catalog", users)
 
 
 @dg.asset(
     group_name=GROUP,
     kinds={"parquet"},
-    backfill_policy=single_run,
     check_specs=[contract_check_spec("item_catalog")],
-    description="The item dimension (genre, duration, release date) from the landing zone's catalogue export.",
+    retry_policy=STORAGE_RETRY,
+    description="The item dimension (genre, duration, release date) from the landing zone's catalogue export. "
+    "Published only when it passes its contract: a bad catalogue never replaces the good one.",
 )
-def item_catalog(landing: LandingZone):
-    items = landing.read_catalog("items")
-    items["duration_seconds"] = items["duration_seconds"].astype("float64")
-    return table_result("item_catalog", items, {"genres": int(items["genre"].nunique())})
+def item_catalog(context: dg.AssetExecutionContext, landing: LandingZone, storage: Storage):
+    items = _read_catalog(landing, "items")
+    if "duration_seconds" in items:
+        items["duration_seconds"] = items["duration_seconds"].astype("float64")
+    genres = int(items["genre"].nunique()) if "genre" in items else 0
+    yield from publish_table(context, storage, "item_catalog", items, {"genres": genres})
 
 
 class RawEventsConfig(dg.Config):
@@ -47,12 +64,19 @@ class RawEventsConfig(dg.Config):
         le=1.0,
         description=(
             "Largest share of a day's records that may violate the contract (duplicates excluded) "
-            "before the run fails. Default: STREAMREC_MAX_FAILURE_RATE or 0.01."
+            "before the day is rejected. Default: STREAMREC_MAX_FAILURE_RATE or 0.01."
         ),
+    )
+    max_line_bytes: int = Field(
+        default_factory=lambda: get_settings().max_line_bytes,
+        ge=64,
+        description="Longest landing line accepted (bytes); longer lines go to the DLQ as line_too_long. "
+        "Default: STREAMREC_MAX_LINE_BYTES or 1 MiB.",
     )
 
 
 RECONCILE_CHECK = "reconciles_with_landing"
+BUDGET_CHECK = "within_failure_budget"
 
 
 @dg.multi_asset(
@@ -67,7 +91,7 @@ RECONCILE_CHECK = "reconciles_with_landing"
         ),
         "raw_events_dlq": dg.AssetOut(
             kinds={"parquet"},
-            description="Rejected landing records of the day: line number, raw line and reason.",
+            description="Rejected landing records of the day: line number, reason and the exact raw bytes.",
         ),
     },
     check_specs=[
@@ -77,7 +101,14 @@ RECONCILE_CHECK = "reconciles_with_landing"
             RECONCILE_CHECK,
             asset="raw_events",
             blocking=True,
-            description="valid + rejected records = records in the landing file, for every day.",
+            description="valid + rejected records = records in the landing file = records in its marker.",
+        ),
+        dg.AssetCheckSpec(
+            BUDGET_CHECK,
+            asset="raw_events",
+            blocking=True,
+            description="Contract violations (duplicates excluded) stay within max_failure_rate; otherwise "
+            "neither table of the day is published and both are quarantined.",
         ),
     ],
     retry_policy=STORAGE_RETRY,
@@ -86,74 +117,63 @@ def raw_events(
     context: dg.AssetExecutionContext,
     config: RawEventsConfig,
     landing: LandingZone,
+    storage: Storage,
     user_catalog: pd.DataFrame,
     item_catalog: pd.DataFrame,
 ):
-    """Parse each day's landing file and validate every record against the record contract."""
+    """Verify each day's delivery against its marker, parse and validate every record, then publish
+    the valid events and the dead-letter queue of the day together (write-audit-publish)."""
     from streamrec_assets.core.ingest import failure_budget_error, ingest_day
 
     user_ids, item_ids = user_catalog["user_id"].to_numpy(), item_catalog["item_id"].to_numpy()
 
-    valid, rejected, per_day, errors = [], [], {}, []
-    for day in context.partition_keys:
-        try:
-            data = landing.read_events(day)
-        except FileNotFoundError as exc:
-            # Not delivered (or not complete): retrying the step cannot make the file appear.
-            raise dg.Failure(str(exc), allow_retries=False) from exc
-        result = ingest_day(data, day, user_ids, item_ids)
-        sha256 = hashlib.sha256(data).hexdigest()
-        valid.append(result.valid)
-        rejected.append(result.rejected)
-        per_day[day] = {
-            "records": result.total_records,
+    def compute(day: str) -> DayResult:
+        delivery = landing.read_delivery(day)  # sha256, record count and stream checked against the marker
+        result = ingest_day(delivery.text, day, user_ids, item_ids, max_line_bytes=config.max_line_bytes)
+        figures = {
+            "landing_records": delivery.records,
             "valid": len(result.valid),
             "rejected": len(result.rejected),
             "duplicates": result.duplicates,
             "failure_rate": round(result.failure_rate, 6),
-            "sha256": sha256,
+            "landing_sha256": delivery.sha256,
         }
-        context.log.info(f"{day}: {per_day[day]}")
-        error = failure_budget_error(result, config.max_failure_rate, str(landing.events_path(day)))
-        if error:
-            errors.append(error)
-
-    events = _concat(valid)
-    dlq = _concat(rejected)
-    totals = {k: sum(d[k] for d in per_day.values()) for k in ("records", "valid", "rejected", "duplicates")}
-    reasons = dlq["reason"].value_counts().to_dict() if len(dlq) else {}
-    yield table_result("raw_events_dlq", dlq, {"reasons": dg.MetadataValue.json(reasons)})
-    if errors:
-        # Persistent data error: retrying cannot help, so fail without retry.
-        raise dg.Failure(
-            description="Landing data exceeds the failure budget; raw_events was not written.\n" + "\n".join(errors),
-            metadata={"per_day": dg.MetadataValue.json(per_day), "reasons": dg.MetadataValue.json(reasons)},
-            allow_retries=False,
+        context.log.info(f"{day}: {figures}")
+        reconciled = len(result.valid) + len(result.rejected) == result.total_records == delivery.records
+        budget_error = failure_budget_error(result, config.max_failure_rate, delivery.path)
+        reasons = dict(result.reasons)
+        checks = [
+            dg.AssetCheckResult(
+                asset_key="raw_events", check_name=RECONCILE_CHECK, passed=reconciled, metadata=dict(figures)
+            ),
+            dg.AssetCheckResult(
+                asset_key="raw_events",
+                check_name=BUDGET_CHECK,
+                passed=budget_error is None,
+                metadata={"failure_rate": figures["failure_rate"], "max_failure_rate": config.max_failure_rate,
+                          "reasons": dg.MetadataValue.json(reasons),
+                          **({"error": budget_error} if budget_error else {})},
+            ),
+        ]
+        if budget_error:
+            context.log.error(budget_error)
+        valid = result.valid
+        return DayResult(
+            tables={"raw_events": valid, "raw_events_dlq": result.rejected},
+            checks=checks,
+            metadata={
+                "raw_events": day_metadata(
+                    valid,
+                    **figures,
+                    plays=int((valid["event_type"] == "play").sum()) if len(valid) else 0,
+                    users=int(valid["user_id"].nunique()) if len(valid) else 0,
+                ),
+                "raw_events_dlq": day_metadata(
+                    result.rejected.drop(columns=["raw_bytes"], errors="ignore"),
+                    reasons=dg.MetadataValue.json(reasons),
+                    landing_sha256=delivery.sha256,
+                ),
+            },
         )
-    reconciled = all(d["valid"] + d["rejected"] == d["records"] for d in per_day.values())
-    metadata = {
-        "landing_records": totals["records"],
-        "rejected_records": totals["rejected"],
-        "duplicates_dropped": totals["duplicates"],
-        "failure_rate": float(
-            (totals["rejected"] - totals["duplicates"]) / totals["records"] if totals["records"] else 0.0
-        ),
-        "per_day": dg.MetadataValue.json(per_day),
-        "plays": int((events["event_type"] == "play").sum()) if len(events) else 0,
-        "users": int(events["user_id"].nunique()) if len(events) else 0,
-    }
-    reconcile = dg.AssetCheckResult(
-        asset_key="raw_events",
-        check_name=RECONCILE_CHECK,
-        passed=reconciled,
-        metadata={"per_day": dg.MetadataValue.json(per_day)},
-    )
-    yield table_result("raw_events", events, metadata, extra_checks=[reconcile])
 
-
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    non_empty = [f for f in frames if len(f)]
-    if not non_empty:
-        return frames[0] if frames else pd.DataFrame()
-    return pd.concat(non_empty, ignore_index=True) if len(non_empty) > 1 else non_empty[0]
-
+    yield from run_days(context, storage, ["raw_events", "raw_events_dlq"], compute)

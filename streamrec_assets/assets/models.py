@@ -1,134 +1,33 @@
-"""Group ``training``: retrieval model, XGBoost ranker and their offline evaluation.
+"""Group ``training``: the XGBoost ranker and the offline evaluation of the models.
 
 Model partition D is trained on days strictly before D and evaluated on day D,
-a true hold-out: retrieval on the plays of [D-28, D-1], the ranker on the
-training examples of [D-14, D-2] with early stopping on D-1. Models are files
-in their own formats (Parquet tables, XGBoost UBJSON) written through the
-``ArtifactStore``; the asset value is a typed one-row-per-day model card.
+a true hold-out: the ranker on the training examples of [D-14, D-2] with early
+stopping on D-1 (retrieval: :mod:`streamrec_assets.assets.retrieval`). Models are
+files in their own formats (XGBoost UBJSON) published with the partition's model
+card (``data.parquet``) in one write-audit-publish transaction.
 """
 
 import functools
 import hashlib
 import json
-from datetime import date, timedelta
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from streamrec_assets.assets.common import table_metadata
+from streamrec_assets.assets.common import DayResult, day_metadata, run_days
+from streamrec_assets.assets.retrieval import N_CANDIDATES, OK, ranked_candidates
 from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
+from streamrec_assets.core.dates import day_offset, window_days
 from streamrec_assets.core.evaluation import METHODS
 from streamrec_assets.partitions import daily_partitions, single_run
-from streamrec_assets.resources import ArtifactStore, FeastResource, LandingZone
+from streamrec_assets.resources import FeastResource, LandingZone, Storage
+from streamrec_assets.storage import PartitionReader
 
 GROUP = "training"
-RETRIEVAL_WINDOW_DAYS = 28
 RANKER_WINDOW_DAYS = 14
-N_CANDIDATES = 100
-OK = "ok"
 EVALUATION_SET = "evaluation_set.parquet"
 INSUFFICIENT = "insufficient_history"
-
-
-def day_offset(day: str, offset: int) -> str:
-    return (date.fromisoformat(day) + timedelta(days=offset)).isoformat()
-
-
-def _plays(events: pd.DataFrame) -> pd.DataFrame:
-    if events.empty:
-        return pd.DataFrame(
-            {"date": pd.Series(dtype=object), "user_id": pd.Series(dtype="int64"),
-             "item_id": pd.Series(dtype="int64"), "event_timestamp": pd.Series(dtype="datetime64[us, UTC]")}
-        )
-    return events.loc[events["event_type"] == "play", ["date", "user_id", "item_id", "event_timestamp"]]
-
-
-def ranked_candidates(cands: pd.DataFrame) -> pd.DataFrame:
-    """Candidate order (covis score, then popularity fill) as a ranking."""
-    return cands.assign(rank=cands.groupby("user_id").cumcount() + 1)[["user_id", "item_id", "rank"]]
-
-
-def load_retrieval(artifacts: ArtifactStore, day: str):
-    from streamrec_assets.core.retrieval import RetrievalModel
-
-    manifest = artifacts.read_manifest("retrieval_model", day)
-    if manifest is None:
-        raise dg.Failure(f"retrieval_model {day} is incomplete (no manifest); re-materialise it.", allow_retries=False)
-    frames = {name: artifacts.read_table("retrieval_model", day, f"{name}.parquet") for name in manifest["tables"]}
-    return RetrievalModel.from_frames(frames, manifest["trained_through"], manifest["window_days"])
-
-
-@dg.asset(
-    group_name=GROUP,
-    kinds={"parquet"},
-    partitions_def=daily_partitions,
-    backfill_policy=single_run,
-    ins={
-        "events": dg.AssetIn(
-            "raw_events", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-RETRIEVAL_WINDOW_DAYS)
-        )
-    },
-    code_version="1",
-    automation_condition=EAGER_GATED,
-    description="Candidate generation: item co-visitation over the plays of the 28 days before D, with a "
-    "popularity fallback for cold users. Recall@100 on day D's plays in metadata.",
-)
-def retrieval_model(context: dg.AssetExecutionContext, artifacts: ArtifactStore, events: pd.DataFrame):
-    from streamrec_assets.core.metrics import recall_at_k
-    from streamrec_assets.core.retrieval import candidates, train_covisitation
-
-    plays = _plays(events)
-    cards = []
-    for day in context.partition_keys:
-        window = plays[(plays["date"] >= day_offset(day, -RETRIEVAL_WINDOW_DAYS)) & (plays["date"] < day)]
-        model = train_covisitation(
-            window[["user_id", "item_id", "event_timestamp"]], day_offset(day, -1), RETRIEVAL_WINDOW_DAYS
-        )
-        frames = model.to_frames()
-        for name, frame in frames.items():
-            artifacts.write_table("retrieval_model", day, f"{name}.parquet", frame)
-        today = plays[plays["date"] == day].drop_duplicates(["user_id", "item_id"]).assign(relevance=1)
-        recall = float("nan")
-        if len(model.popularity) and len(today):
-            cands = candidates(model, today["user_id"].unique(), n=N_CANDIDATES)
-            recall = float(recall_at_k(ranked_candidates(cands), today, N_CANDIDATES).mean())
-        status = OK if len(model.popularity) else INSUFFICIENT
-        manifest = {
-            "status": status,
-            "tables": sorted(frames),
-            "trained_through": model.trained_through,
-            "window_days": model.window_days,
-            "plays_in_window": int(len(window)),
-            "recall_at_100_next_day": recall,
-        }
-        artifacts.write_manifest("retrieval_model", day, manifest)
-        cards.append(
-            {
-                "date": day,
-                "status": status,
-                "uri": str(artifacts.path("retrieval_model", day, "")),
-                "trained_through": model.trained_through,
-                "plays_in_window": int(len(window)),
-                "items": int(len(model.popularity)),
-                "neighbor_pairs": int(len(model.neighbors)),
-                "users_with_history": int(model.history["user_id"].nunique()),
-                "recall_at_100_next_day": recall,
-            }
-        )
-    card = pd.DataFrame(cards)
-    last = cards[-1]
-    metadata = table_metadata(card)
-    metadata.update(
-        {
-            "recall_at_100": dg.MetadataValue.float(last["recall_at_100_next_day"]),
-            "recall_at_100_per_day": dg.MetadataValue.json(
-                {c["date"]: c["recall_at_100_next_day"] for c in cards if c["recall_at_100_next_day"] == c["recall_at_100_next_day"]}
-            ),
-            "status": last["status"],
-        }
-    )
-    return dg.MaterializeResult(value=card, metadata=metadata)
 
 
 @dg.asset(
@@ -146,20 +45,18 @@ def retrieval_model(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
     code_version="1",
     automation_condition=EAGER_GATED,
     freshness_policy=MODELS_FRESHNESS,
+    retry_policy=STORAGE_RETRY,
     description="XGBoost ranker (rank:ndcg, one query per user and day) trained on the training examples of "
     "[D-14, D-2], early-stopped on D-1; saved in XGBoost's UBJSON format. The value is the model card.",
 )
-def ranking_model(context: dg.AssetExecutionContext, artifacts: ArtifactStore, examples: pd.DataFrame):
+def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples: PartitionReader):
     from streamrec_assets.core.ranking import train_ranker
     from streamrec_assets.core.training import model_feature_columns
 
-    cards = []
-    for day in context.partition_keys:
+    def compute(day: str) -> DayResult:
         validation_day = day_offset(day, -1)
-        first = day_offset(day, -RANKER_WINDOW_DAYS)
-        dates = examples["date"] if "date" in examples else pd.Series(dtype=object)
-        train = examples[(dates >= first) & (dates < validation_day)]
-        validation = examples[dates == validation_day]
+        train = examples.read_days(window_days(day, RANKER_WINDOW_DAYS - 1, end_offset=-2))
+        validation = examples.read(validation_day) if validation_day in examples.days else examples.empty()
         card = {
             "date": day,
             "status": INSUFFICIENT,
@@ -174,18 +71,17 @@ def ranking_model(context: dg.AssetExecutionContext, artifacts: ArtifactStore, e
             "features": "[]",
             "params": "{}",
         }
+        files: dict[tuple[str, str], bytes] = {}
         try:
-            trained = train_ranker(train, validation, model_feature_columns(examples)) if len(train) else None
+            trained = train_ranker(train, validation, model_feature_columns(train)) if len(train) else None
         except ValueError as exc:
             context.log.warning(f"{day}: {exc}")
             trained = None
         if trained is not None:
-            path = artifacts.write_bytes("ranking_model", day, "model.ubj", trained.model_bytes)
-            sha = hashlib.sha256(trained.model_bytes).hexdigest()
             card.update(
                 status=OK,
-                model_uri=str(path),
-                model_sha256=sha,
+                model_uri=str(storage.path("ranking_model", day, "model.ubj")),
+                model_sha256=hashlib.sha256(trained.model_bytes).hexdigest(),
                 train_rows=trained.train_rows,
                 validation_rows=trained.validation_rows,
                 best_iteration=trained.best_iteration,
@@ -193,23 +89,22 @@ def ranking_model(context: dg.AssetExecutionContext, artifacts: ArtifactStore, e
                 features=json.dumps(trained.features),
                 params=json.dumps(trained.params, sort_keys=True),
             )
-            artifacts.write_manifest("ranking_model", day, {**card, "features": trained.features})
+            files[("ranking_model", "model.ubj")] = trained.model_bytes
+            manifest = {**card, "features": trained.features}
+            files[("ranking_model", "manifest.json")] = json.dumps(manifest, indent=2, sort_keys=True).encode()
         else:
             context.log.info(f"{day}: not enough history to train a ranker ({card['train_rows']} train rows)")
-        cards.append(card)
-    card = pd.DataFrame(cards)
-    last = cards[-1]
-    metadata = table_metadata(card.drop(columns=["features", "params"]))
-    metadata.update(
-        {
-            "status": last["status"],
-            "validation_ndcg_at_20": dg.MetadataValue.float(float(last["validation_ndcg_at_20"])),
-            "best_iteration": int(last["best_iteration"]),
-            "features": dg.MetadataValue.json(json.loads(last["features"])),
-            "models_trained": int((card["status"] == OK).sum()),
-        }
-    )
-    return dg.MaterializeResult(value=card, metadata=metadata)
+        frame = pd.DataFrame([card])
+        meta = day_metadata(
+            frame.drop(columns=["features", "params"]),
+            status=card["status"],
+            validation_ndcg_at_20=dg.MetadataValue.float(float(card["validation_ndcg_at_20"])),
+            best_iteration=int(card["best_iteration"]),
+            train_rows=int(card["train_rows"]),
+        )
+        return DayResult(tables={"ranking_model": frame}, files=files, metadata={"ranking_model": meta})
+
+    yield from run_days(context, storage, ["ranking_model"], compute)
 
 
 class EvaluationConfig(dg.Config):
@@ -233,15 +128,16 @@ class EvaluationConfig(dg.Config):
 def model_evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
-    artifacts: ArtifactStore,
+    storage: Storage,
     feast: FeastResource,
     landing: LandingZone,
     ranking_model: pd.DataFrame,
     retrieval_model: pd.DataFrame,
-    raw_events: pd.DataFrame,
+    raw_events: PartitionReader,
     item_catalog: pd.DataFrame,
     user_catalog: pd.DataFrame,
 ):
+    from streamrec_assets.assets.retrieval import load_retrieval
     from streamrec_assets.core.evaluation import (
         evaluation_table,
         impression_slates,
@@ -258,22 +154,24 @@ def model_evaluation(
 
     store = feast.store()
     cards = ranking_model.set_index("date")
-    tables = {}
-    for day in context.partition_keys:
+
+    def compute(day: str) -> DayResult:
         card = cards.loc[day]
         if card["status"] != OK:
             context.log.info(f"{day}: no ranking model to evaluate ({card['status']}).")
-            continue
-        events = raw_events[raw_events["date"] == day]
+            empty = _empty_metrics()
+            return DayResult(tables={"model_evaluation": empty},
+                             metadata={"model_evaluation": day_metadata(empty, evaluated=False)})
+        events = raw_events.read(day)
         slates = impression_slates(label_impressions(events, item_catalog))
         users = sample_users(slates["user_id"].to_numpy(), config.max_users)
         slates = slates[slates["user_id"].isin(users)].reset_index(drop=True)
         plays = relevance_of_day(events, item_catalog)
         plays = plays[plays["user_id"].isin(users)]
-        retrieval = load_retrieval(artifacts, day)
+        retrieval = load_retrieval(storage, day)
         allowed = item_catalog.loc[item_catalog["release_date"] <= day, "item_id"].to_numpy()
         as_of = pd.Timestamp(day, tz="UTC")
-        model_bytes = artifacts.read_bytes("ranking_model", day, "model.ubj")
+        model_bytes = storage.read_bytes("ranking_model", day, "model.ubj")
 
         # Ranking: re-order each user's logged impressions of day D (features as of the start of D).
         feats = historical_features(store, slates.assign(event_timestamp=as_of))
@@ -282,7 +180,9 @@ def model_evaluation(
         popularity = slates[["user_id", "item_id"]].merge(retrieval.popularity, on="item_id", how="left")
         ranking = {
             "ours": rank_by_score(feats[["user_id", "item_id", "score"]], N_CANDIDATES),
-            "popularity": rank_by_score(popularity.assign(score=popularity["plays"].fillna(0))[["user_id", "item_id", "score"]], N_CANDIDATES),
+            "popularity": rank_by_score(
+                popularity.assign(score=popularity["plays"].fillna(0))[["user_id", "item_id", "score"]], N_CANDIDATES
+            ),
         }
         # Retrieval: the top-100 candidates of each user against the plays of day D.
         cands = candidates(retrieval, users, n=N_CANDIDATES, allowed_items=allowed)
@@ -295,28 +195,22 @@ def model_evaluation(
             oracle = slates[["user_id", "item_id"]].assign(score=world.affinity(slates["user_id"], slates["item_id"]))
             ranking["oracle"] = rank_by_score(oracle, N_CANDIDATES)
             retrieval_lists["oracle"] = oracle_ranking(world.affinity, users, allowed, N_CANDIDATES)
-        tables[day] = evaluation_table(ranking, slates, retrieval_lists, plays).assign(
+        table = evaluation_table(ranking, slates, retrieval_lists, plays).assign(
             date=day, model_sha256=card["model_sha256"]
         )
+        metrics = table[list(_empty_metrics().columns)]
+        meta = day_metadata(metrics, preview_rows=len(METHODS), evaluated=True, **_metric_metadata(table))
+        meta["metrics"] = dg.MetadataValue.md(
+            table.drop(columns=["model_sha256"]).to_markdown(index=False, floatfmt=".4f")
+        )
         # The scored slates, for the registry's promotion gate to re-score with the champion.
-        artifacts.write_table("model_evaluation", day, EVALUATION_SET, feats.assign(date=day))
+        return DayResult(
+            tables={"model_evaluation": metrics},
+            frames={("model_evaluation", EVALUATION_SET): feats.assign(date=day)},
+            metadata={"model_evaluation": meta},
+        )
 
-    metrics = pd.concat(tables.values(), ignore_index=True) if tables else _empty_metrics()
-    metrics = metrics[["date", "method", "users", "ndcg_at_20", "recall_at_100", "model_sha256"]]
-    metadata = table_metadata(metrics, preview_rows=len(METHODS))
-    if tables:
-        last_day = max(tables)
-        metadata.update(_metric_metadata(tables[last_day]))
-        metadata["evaluation_day"] = last_day
-        metadata["metrics"] = dg.MetadataValue.md(
-            tables[last_day].drop(columns=["model_sha256"]).to_markdown(index=False, floatfmt=".4f")
-        )
-        metadata["ndcg_at_20_per_day"] = dg.MetadataValue.json(
-            metrics.pivot(index="date", columns="method", values="ndcg_at_20").round(5).to_dict(orient="index")
-        )
-    else:
-        metadata["evaluation_day"] = "none (no trained model in the range)"
-    return dg.MaterializeResult(value=metrics, metadata=metadata)
+    yield from run_days(context, storage, ["model_evaluation"], compute)
 
 
 def _empty_metrics() -> pd.DataFrame:
@@ -355,7 +249,7 @@ def _metric_metadata(table: pd.DataFrame) -> dict:
 def _oracle_world(landing: LandingZone, day: str):
     """The generator's world for the day (None for real data without generator parameters)."""
     marker = landing.read_marker(day)
-    params = (marker or {}).get("params") or {}
+    params = marker.params if marker is not None else {}
     if not {"seed", "users", "items"} <= set(params):
         return None
     return _world(int(params["seed"]), int(params["users"]), int(params["items"]))

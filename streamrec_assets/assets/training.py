@@ -3,10 +3,11 @@
 import dagster as dg
 import pandas as pd
 
-from streamrec_assets.assets.common import contract_check_spec, table_result
+from streamrec_assets.assets.common import DayResult, contract_check_spec, day_metadata, run_days
 from streamrec_assets.automation import EAGER_GATED, STORAGE_RETRY
 from streamrec_assets.partitions import daily_partitions, previous_day_mapping, single_run
-from streamrec_assets.resources import FeastResource
+from streamrec_assets.resources import FeastResource, Storage
+from streamrec_assets.storage import PartitionReader
 
 GROUP = "training"
 LEAKAGE_CHECK = "no_feature_leakage"
@@ -35,8 +36,9 @@ LEAKAGE_CHECK = "no_feature_leakage"
 )
 def training_examples(
     context: dg.AssetExecutionContext,
+    storage: Storage,
     feast: FeastResource,
-    raw_events: pd.DataFrame,
+    raw_events: PartitionReader,
     item_catalog: pd.DataFrame,
     user_catalog: pd.DataFrame,
 ):
@@ -48,23 +50,27 @@ def training_examples(
     )
     from streamrec_assets.feature_repo import historical_features
 
-    examples = label_impressions(raw_events, item_catalog)
     store = feast.store()
-    joined = historical_features(store, examples)
-    joined = add_context_features(joined, item_catalog, user_catalog, joined["event_timestamp"])
-    leaks = leaked_rows(joined)
-    coverage = feature_coverage(joined)
-    labels = joined["label"].value_counts().sort_index().to_dict() if len(joined) else {}
-    metadata = {
-        **{k: v for k, v in coverage.items() if k != "rows"},
-        "label_counts": dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
-        "positive_rate": float((joined["label"] > 0).mean()) if len(joined) else 0.0,
-        "examples_per_day": dg.MetadataValue.json(joined.groupby("date").size().to_dict()),
-    }
-    no_leak = dg.AssetCheckResult(
-        asset_key="training_examples",
-        check_name=LEAKAGE_CHECK,
-        passed=leaks == 0,
-        metadata={"leaked_rows": leaks, "rows_checked": len(joined)},
-    )
-    return table_result("training_examples", joined, metadata, extra_checks=[no_leak])
+
+    def compute(day: str) -> DayResult:
+        examples = label_impressions(raw_events.read(day), item_catalog)
+        joined = historical_features(store, examples)
+        joined = add_context_features(joined, item_catalog, user_catalog, joined["event_timestamp"])
+        leaks = leaked_rows(joined)
+        coverage = feature_coverage(joined)
+        labels = joined["label"].value_counts().sort_index().to_dict() if len(joined) else {}
+        meta = day_metadata(
+            joined,
+            **{k: v for k, v in coverage.items() if k != "rows"},
+            label_counts=dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
+            positive_rate=float((joined["label"] > 0).mean()) if len(joined) else 0.0,
+        )
+        no_leak = dg.AssetCheckResult(
+            asset_key="training_examples",
+            check_name=LEAKAGE_CHECK,
+            passed=leaks == 0,
+            metadata={"leaked_rows": leaks, "rows_checked": len(joined)},
+        )
+        return DayResult(tables={"training_examples": joined}, checks=[no_leak], metadata={"training_examples": meta})
+
+    yield from run_days(context, storage, ["training_examples"], compute)

@@ -1,9 +1,30 @@
-"""Batch serving helpers (pure; no Dagster)."""
+"""Batch serving (pure; no Dagster, no Feast): candidates → features → champion scores → top-k.
+
+Scoring is vectorised over every active user of a day. User and item features are
+independent (one feature view per entity), so they are looked up **once per distinct
+entity** and joined onto the (user, candidate item) pairs, instead of one feature row
+per pair: :func:`entity_ids` says what to look up, :func:`join_entity_features` joins
+the answers. The pairs are then scored in slices of whole users
+(:func:`user_slices`) so that memory grows with the slice, not with the day.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
 import numpy as np
 import pandas as pd
+
+TOP_K = 20
+#: The join key of each feature view (one view per entity).
+VIEW_KEYS = {"user_features": "user_id", "item_features": "item_id"}
+RECOMMENDATION_COLUMNS = [
+    "date", "user_id", "rank", "item_id", "score", "candidate_source", "model_version", "feature_source",
+]
+ONLINE, OFFLINE, NONE = "online", "offline", "none"
+
+#: ``lookup(key, ids, refs)`` → one row per id: ``key`` plus the ``<view>__<feature>`` columns of ``refs``.
+EntityLookup = Callable[[str, np.ndarray, list[str]], pd.DataFrame]
 
 
 def refresh_history(history: pd.DataFrame, plays: pd.DataFrame, max_history: int = 20) -> pd.DataFrame:
@@ -37,3 +58,164 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
         "p99_ms": float(np.percentile(ms, 99)),
         "max_ms": float(ms.max()),
     }
+
+
+def serving_candidates(
+    retrieval, events: pd.DataFrame, items: pd.DataFrame, day: str, n: int
+) -> tuple[pd.DataFrame, np.ndarray, pd.Timestamp]:
+    """Candidates of every user active on ``day``: ``(cands, active users, as_of)``.
+
+    The retrieval model's histories are refreshed with the day's plays; items released by
+    ``as_of`` (the end of ``day``, when the recommendations are served) are allowed.
+    ``cands`` is sorted by user, then retrieval rank (:func:`core.retrieval.candidates`).
+    """
+    from streamrec_assets.core.retrieval import candidates
+
+    users = pd.unique(events["user_id"])
+    plays = events.loc[events["event_type"] == "play", ["user_id", "item_id", "event_timestamp"]]
+    retrieval.history = refresh_history(retrieval.history, plays)
+    as_of = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
+    allowed = items.loc[items["release_date"] <= as_of.strftime("%Y-%m-%d"), "item_id"].to_numpy()
+    return candidates(retrieval, users, n=n, allowed_items=allowed), users, as_of
+
+
+# ---------------------------------------------------------------------------- entity features
+
+
+def refs_by_key(refs: Sequence[str]) -> dict[str, list[str]]:
+    """Feature references (``view:feature``) grouped by the join key of their view."""
+    out: dict[str, list[str]] = {key: [] for key in VIEW_KEYS.values()}
+    for ref in refs:
+        view = ref.split(":", 1)[0]
+        if view not in VIEW_KEYS:
+            raise ValueError(f"feature reference {ref!r} is not of a view of {sorted(VIEW_KEYS)}")
+        out[VIEW_KEYS[view]].append(ref)
+    return out
+
+
+def entity_ids(pairs: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The distinct ids (sorted, int64) of each entity key in ``pairs``."""
+    return {key: np.unique(pairs[key].to_numpy().astype("int64", copy=False)) for key in VIEW_KEYS.values()}
+
+
+def lookup_entities(pairs: pd.DataFrame, refs: Sequence[str], lookup: EntityLookup) -> dict[str, pd.DataFrame]:
+    """One ``lookup`` per entity key, of the distinct ids of ``pairs`` (keys without refs are skipped)."""
+    ids = entity_ids(pairs)
+    return {key: lookup(key, ids[key], key_refs) for key, key_refs in refs_by_key(refs).items() if key_refs}
+
+
+def in_batches(ids: np.ndarray, batch: int) -> Iterator[np.ndarray]:
+    """``ids`` in consecutive slices of at most ``batch``."""
+    for start in range(0, len(ids), max(1, int(batch))):
+        yield ids[start : start + batch]
+
+
+def join_entity_features(pairs: pd.DataFrame, features: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """``pairs`` (row order kept) with the feature columns of each entity joined on its key.
+
+    ``features[key]`` holds one row per id of ``key`` (extra columns such as
+    ``event_timestamp`` are dropped); ids without a row get nulls, as a per-pair
+    lookup would return. Equivalent to one feature row per (user, item) pair.
+    """
+    parts = [pairs.reset_index(drop=True)]
+    for key, frame in features.items():
+        cols = [c for c in frame.columns if "__" in c]
+        table = frame.drop_duplicates(key).set_index(key)[cols]
+        joined = table.reindex(pairs[key].to_numpy())
+        parts.append(joined.reset_index(drop=True))
+    return pd.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+
+def user_slices(pairs: pd.DataFrame, max_rows: int) -> Iterator[pd.DataFrame]:
+    """Consecutive slices of ``pairs`` (sorted by ``user_id``) of about ``max_rows`` rows, never splitting a user."""
+    if pairs.empty:
+        return
+    user = pairs["user_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    bounds = [0]
+    for start in starts[1:]:
+        if start - bounds[-1] >= max_rows:
+            bounds.append(int(start))
+    bounds.append(len(pairs))
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        yield pairs.iloc[lo:hi]
+
+
+def retrieval_order_scores(cands: pd.DataFrame) -> pd.DataFrame:
+    """Scores that keep the retrieval order (for days without a champion model)."""
+    return cands[["user_id", "item_id"]].assign(score=-cands.groupby("user_id").cumcount().astype("float64"))
+
+
+def model_scores(
+    pairs: pd.DataFrame,
+    model_bytes: bytes,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    as_of: pd.Timestamp,
+    entity_features: Mapping[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """``user_id, item_id, score`` of candidate pairs with the ranker; features are the pairs'
+    own columns, or joined from ``entity_features``, plus the context features of ``as_of``."""
+    from streamrec_assets.core.ranking import score
+    from streamrec_assets.core.training import add_context_features
+
+    feats = join_entity_features(pairs, entity_features) if entity_features is not None else pairs
+    feats = add_context_features(feats, items, users, as_of)
+    return pd.DataFrame(
+        {"user_id": feats["user_id"].to_numpy(), "item_id": feats["item_id"].to_numpy(),
+         "score": score(model_bytes, feats)}
+    )
+
+
+def top_recommendations(scored: pd.DataFrame, cands: pd.DataFrame, k: int = TOP_K) -> pd.DataFrame:
+    """Top ``k`` of each user by score (ties: smaller ``item_id``): ``user_id, rank, item_id, score, candidate_source``."""
+    from streamrec_assets.core.metrics import rank_by_score
+
+    top = rank_by_score(scored[["user_id", "item_id", "score"]], k)
+    top = top.merge(scored[["user_id", "item_id", "score"]], on=["user_id", "item_id"], how="left")
+    top = top.merge(cands[["user_id", "item_id", "source"]], on=["user_id", "item_id"], how="left")
+    return top.rename(columns={"source": "candidate_source"})
+
+
+def recommend(
+    cands: pd.DataFrame,
+    model_bytes: bytes | None,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    as_of: pd.Timestamp,
+    entity_features: Mapping[str, pd.DataFrame] | None,
+    k: int = TOP_K,
+    slice_rows: int = 500_000,
+) -> pd.DataFrame:
+    """Top-``k`` recommendations of every user of ``cands`` (``user_id, item_id, source``, sorted by user).
+
+    Without a model, the retrieval order. With one, every pair is scored in slices of
+    whole users (``slice_rows`` pairs), with the features of ``entity_features`` (one
+    frame per entity key, from :func:`lookup_entities`) joined onto each slice.
+    """
+    if model_bytes is None:
+        return top_recommendations(retrieval_order_scores(cands), cands, k)
+    tops = [
+        top_recommendations(
+            model_scores(part[["user_id", "item_id"]], model_bytes, items, users, as_of, entity_features or {}),
+            part, k,
+        )
+        for part in user_slices(cands, slice_rows)
+    ]
+    if not tops:
+        return top_recommendations(retrieval_order_scores(cands), cands, k)
+    return pd.concat(tops, ignore_index=True)
+
+
+def recommendation_table(
+    top: pd.DataFrame, day: str, model_version: int, feature_source: str
+) -> pd.DataFrame:
+    """The published table of a day (:data:`RECOMMENDATION_COLUMNS`, contract dtypes)."""
+    out = top.assign(date=day, model_version=int(model_version), feature_source=feature_source)
+    out = out[RECOMMENDATION_COLUMNS].astype(
+        {"user_id": "int64", "rank": "int64", "item_id": "int64", "score": "float64", "model_version": "int64"}
+    )
+    return out.reset_index(drop=True)

@@ -98,9 +98,9 @@ def source_fields(fs: FeastSettings, view: str) -> list:
     from feast import Field
     from feast.types import Bool, Float64, Int64, String
 
-    from streamrec_assets.io_managers import storage_path
+    from streamrec_assets.storage import S3Options, storage_path
 
-    base = storage_path(f"{fs.storage_uri.rstrip('/')}/{view}", fs.s3_endpoint_url)
+    base = storage_path(f"{fs.storage_uri.rstrip('/')}/{view}", S3Options(endpoint_url=fs.s3_endpoint_url))
     parts = sorted(p for p in base.iterdir() if p.name.startswith("date=")) if base.exists() else []
     files = [p / "data.parquet" for p in reversed(parts) if (p / "data.parquet").exists()]
     if not files:
@@ -276,9 +276,26 @@ def _normalise_dates(frame):
 
 
 def online_features(store: FeatureStore, user_ids, item_ids, refs: list[str] | None = None):
-    """Online lookup of (user, item) pairs, columns named like :func:`historical_features`."""
+    """Online lookup of (user, item) pairs, columns named like :func:`historical_features`.
+
+    With ``item_ids=None`` (or ``user_ids=None``) it looks up one entity set: one row per
+    id, ``refs`` being features of that entity's view only. Batch serving looks up the
+    distinct users and the distinct items once each and joins them, instead of one row
+    per pair (user and item features are independent).
+    """
     import pandas as pd
 
+    if user_ids is None or item_ids is None:
+        key, ids = ("item_id", item_ids) if user_ids is None else ("user_id", user_ids)
+        ids = pd.Series(ids, dtype="int64")
+        if ids.empty:
+            return pd.DataFrame({key: ids})
+        frame = store.get_online_features(
+            features=refs or feature_refs(store), entity_rows={key: ids.tolist()}, full_feature_names=True
+        )
+        result = pd.DataFrame(frame.to_dict())
+        result[key] = result[key].astype("int64")
+        return _normalise_dates(result)
     rows = [{"user_id": int(u), "item_id": int(i)} for u, i in zip(user_ids, item_ids, strict=True)]
     frame = store.get_online_features(features=refs or feature_refs(store), entity_rows=rows, full_feature_names=True)
     return _normalise_dates(pd.DataFrame(frame.to_dict()))
