@@ -105,30 +105,26 @@ def daily_path(out: Path, day: str) -> Path:
 
 
 def read_catalogs(landing: str):
-    import pandas as pd
 
-    from streamrec_assets import datagen
+    from streamrec_assets.landing import Landing
 
-    users = pd.read_parquet(datagen.users_path(landing))
-    items = pd.read_parquet(datagen.items_path(landing))
-    return users, items
+    zone = Landing(landing)
+    return zone.read_catalog("users"), zone.read_catalog("items")
 
 
 def read_marker(landing: str, day: str) -> dict:
-    from streamrec_assets import datagen
+    from streamrec_assets.landing import Landing
 
-    with open(datagen.marker_path(landing, day), "rb") as handle:
-        return json.load(handle)
+    return json.loads(Landing(landing).marker_path(day).read_bytes())
 
 
 def ingest_activity_columns(landing: str, day: str, user_ids, item_ids):
     """Read one raw day and ingest it; the valid rows' aggregation columns and the counts."""
-    from streamrec_assets import datagen
     from streamrec_assets.core.ingest import ingest_day
+    from streamrec_assets.landing import Landing
 
-    with open(datagen.events_path(landing, day), "rb") as handle:
-        data = handle.read()
-    result = ingest_day(data, day, user_ids, item_ids)
+    delivery = Landing(landing).read_delivery(day)
+    result = ingest_day(delivery.text, day, user_ids, item_ids)
     return result.valid[ACTIVITY_COLUMNS], result.total_records, len(result.valid), len(result.rejected)
 
 
@@ -212,8 +208,8 @@ def step_prepare(out: Path, days: list[str]) -> dict:
 
 
 def measure_raw_events(out: Path, days: list[str], result_dir: Path) -> dict:
-    from streamrec_assets import datagen
     from streamrec_assets.core.ingest import ingest_day
+    from streamrec_assets.landing import Landing
 
     landing = landing_dir(out)
     day = days[-1]
@@ -221,9 +217,9 @@ def measure_raw_events(out: Path, days: list[str], result_dir: Path) -> dict:
     user_ids, item_ids = users["user_id"].to_numpy(), items["item_id"].to_numpy()
     before = resident_mb()
     t0 = time.perf_counter()
-    with open(datagen.events_path(landing, day), "rb") as handle:
-        data = handle.read()
-    result = ingest_day(data, day, user_ids, item_ids)
+    delivery = Landing(landing).read_delivery(day)  # sha256 + record count + gzip checked
+    data = delivery.data
+    result = ingest_day(delivery.text, day, user_ids, item_ids)
     seconds = time.perf_counter() - t0
     return {
         "seconds": seconds,

@@ -58,16 +58,18 @@ FEATURES_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=
 MODELS_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25))
 
 #: Every asset that reads or writes storage or a server (input loading included) retries transient
-#: errors with exponential backoff and jitter: 2, 4, 8, 16 s (+-), about 30 s in all, so a short
-#: S3 or MLflow outage is ridden out. Persistent errors (streamrec_assets.errors.PersistentDataError:
+#: errors with exponential backoff and jitter: waits of 2, 6, 14, 30 s (+-2 s; Dagster's
+#: (2^n - 1) x delay), 44-60 s in all plus each failing attempt's own S3 client retries, so an S3
+#: or MLflow outage of about a minute is ridden out. Persistent errors (streamrec_assets.errors.PersistentDataError:
 #: delivery mismatch, failed audit, failure budget, missing partitions) raise
 #: ``Failure(allow_retries=False)`` and are never retried.
 STORAGE_RETRY = dg.RetryPolicy(max_retries=4, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 #: Pool limits kept in the instance (Dagster OSS stores a pool's own limit there, not in dagster.yaml):
-#: one XGBoost training at a time, two Feast materialisations.
-POOL_LIMITS = {"training": 1, "feature_store": 2}
+#: one XGBoost training at a time, two Feast materialisations, one registry writer (registered_model:
+#: its registration also converges without the pool, see streamrec_assets.core.registry).
+POOL_LIMITS = {"training": 1, "feature_store": 2, "registry": 1}
 
 
 def pool_limit_commands() -> list[list[str]]:
@@ -189,23 +191,117 @@ def _send(context, alert) -> None:
     context.log.info(f"alert {alert.severity.value} '{alert.title}' -> {', '.join(channels)}")
 
 
-def _error_text(error) -> str:
-    """The messages of an error and its causes (the user's exception is usually the cause)."""
-    parts = []
+def _label_values(metadata) -> dict[str, str]:
+    return {str(k): str(getattr(v, "value", v)) for k, v in (metadata or {}).items()}
+
+
+def _error_chain(error) -> list:
+    """An error and its causes, outermost first (the user's exception is usually the last)."""
+    out = []
     while error is not None:
-        parts.append(error.message.strip())
-        error = error.cause
-    return " <- ".join(parts)
+        out.append(error)
+        error = error.cause or getattr(error, "context", None)
+    return out
 
 
-def _failed_checks(instance, run_id: str) -> list[str]:
+def _step_assets(instance, run) -> dict[str, list[str]]:
+    """The assets each step of the run materialises (from its execution plan)."""
+    snapshot_id = getattr(run, "execution_plan_snapshot_id", None)
+    snapshot = instance.get_execution_plan_snapshot(snapshot_id) if snapshot_id else None
+    if snapshot is None:
+        return {}
+    return {
+        step.key: [o.properties.asset_key.to_user_string() for o in step.outputs if o.properties and o.properties.asset_key]
+        for step in snapshot.steps
+    }
+
+
+def _run_assets(instance, run) -> list[str]:
+    """The assets a run was launched for: its asset selection, else every asset of its plan."""
+    if run.asset_selection:
+        return sorted(k.to_user_string() for k in run.asset_selection)
+    return sorted({a for assets in _step_assets(instance, run).values() for a in assets})
+
+
+def _interrupted_assets(instance, run) -> list[str]:
+    """The assets of steps that started and never finished (a run that died under them)."""
+    started = {r.step_key for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)}
+    finished = {
+        r.step_key
+        for r in instance.all_logs(
+            run.run_id, of_type={dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+        )
+    }
+    assets = _step_assets(instance, run)
+    return sorted({a for step in started - finished if step for a in assets.get(step, [])})
+
+
+def _run_partition(run) -> str:
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    if run.tags.get("dagster/partition"):
+        return run.tags["dagster/partition"]
+    start, end = run.tags.get(ASSET_PARTITION_RANGE_START_TAG), run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if start:
+        return start if start == end or not end else f"{start}..{end}"
+    return ""
+
+
+def step_failures(instance, run, events=None):
+    """The run's failed steps as typed :class:`~streamrec_assets.alerts.StepFailure` s."""
+    from streamrec_assets.alerts import StepFailure
+
+    if events is None:
+        events = [r.dagster_event for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)]
+    assets = _step_assets(instance, run)
+    out = []
+    for event in events:
+        data = event.event_specific_data
+        user = getattr(data, "user_failure_data", None)
+        chain = _error_chain(data.error)
+        message = user.description if user and user.description else (chain[-1].message if chain else "")
+        out.append(
+            StepFailure.from_labels(
+                event.step_key or "",
+                _label_values(user.metadata if user else None),
+                assets.get(event.step_key or "", []),
+                [e.cls_name or "" for e in chain],
+                message=(message or "").strip()[:600],
+            )
+        )
+    return out
+
+
+def _failed_blocking_checks(instance, run_id: str) -> list[str]:
     records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
     out = []
     for record in records:
         evaluation = record.dagster_event.event_specific_data
-        if not evaluation.passed:
+        if not evaluation.passed and evaluation.blocking:
             out.append(f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}")
-    return out
+    return sorted(set(out))
+
+
+def _run_retry(instance, run):
+    """The run's place in its run retries, as the instance decided it (``dagster/will_retry``)."""
+    from streamrec_assets.alerts import RunRetry
+
+    will_retry = run.tags.get("dagster/will_retry")
+    max_retries = instance.run_retries_max_retries if instance.run_retries_enabled else 0
+    try:
+        max_retries = int(run.tags.get("dagster/max_retries", max_retries))
+    except ValueError:
+        pass
+    return RunRetry(
+        retry_number=int(run.tags.get("dagster/retry_number", "0")),
+        max_retries=max_retries,
+        will_retry=None if will_retry is None else will_retry.lower() == "true",
+    )
+
+
+def _parent_run(instance, run):
+    parent_id = run.parent_run_id or run.tags.get("dagster/parent_run_id")
+    return instance.get_run_by_id(parent_id) if parent_id else None
 
 
 @dg.run_failure_sensor(
@@ -213,27 +309,27 @@ def _failed_checks(instance, run_id: str) -> list[str]:
     monitor_all_code_locations=False,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=get_settings().sensor_interval_seconds,
-    description="P1 for contract failures, P0 for runs that failed after their last retry.",
+    description="By error class: P1 at once for persistent data errors and failed blocking checks (never "
+    "retried), P0 for any other failure once no run retry follows. Titles name asset, partition, error class.",
 )
 def run_failure_alerts(context: dg.RunFailureSensorContext):
-    from streamrec_assets.alerts import Alert, classify_run_failure
+    from streamrec_assets.alerts import failure_alert, repeats
 
-    run = context.dagster_run
-    retry_number = int(run.tags.get("dagster/retry_number", "0"))
-    errors = " ".join(
-        f"{event.step_key}: {_error_text(event.event_specific_data.error)} "
-        + str(getattr(event.event_specific_data, "user_failure_data", None) or "")
-        for event in context.get_step_failure_events()
-    )
-    checks = _failed_checks(context.instance, run.run_id)
-    severity = classify_run_failure(errors, checks, retry_number, context.instance.run_retries_max_retries)
-    if severity is None:
-        context.log.info(f"run {run.run_id} failed; retry {retry_number + 1} will follow")
+    instance = context.instance
+    run = instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run  # with dagster/will_retry
+    failures = step_failures(instance, run, context.get_step_failure_events())
+    checks = _failed_blocking_checks(instance, run.run_id)
+    retry = _run_retry(instance, run)
+    parent = _parent_run(instance, run)
+    if parent is not None and retry.retry_number > 0 and repeats(failures, step_failures(instance, parent)):
+        context.log.info(f"run {run.run_id} repeats the persistent failure of run {parent.run_id}: already paged")
         return
-    partition = run.tags.get("dagster/partition", run.tags.get("dagster/asset_partition_range_start", ""))
-    title = f"{run.job_name} failed" + (f" for {partition}" if partition else "")
-    details = (f"failed checks: {', '.join(checks)}. " if checks else "") + (errors or context.failure_event.message or "")
-    _send(context, Alert(severity, title, details[:1500], run_id=run.run_id, partition=partition))
+    assets = (not failures and _interrupted_assets(instance, run)) or _run_assets(instance, run)
+    alert = failure_alert(run.run_id, failures, checks, retry, assets, _run_partition(run))
+    if alert is None:
+        context.log.info(f"run {run.run_id} failed; run retry {retry.retry_number + 1} will follow")
+        return
+    _send(context, alert)
 
 
 @dg.run_status_sensor(
@@ -252,8 +348,24 @@ def recovery_alerts(context: dg.RunStatusSensorContext):
     if retry_number == 0 and not retried_steps:
         return
     steps = sorted({r.step_key for r in retried_steps if r.step_key})
+    assets = ", ".join(_run_assets(context.instance, run)) or "a run"
+    partition = _run_partition(run)
     details = f"run retry {retry_number}" if retry_number else f"steps retried: {', '.join(steps)}"
-    _send(context, Alert(Severity.P3, f"{run.job_name} recovered on retry", details, run_id=run.run_id))
+    title = f"{assets}" + (f" for {partition}" if partition else "") + " recovered on retry"
+    _send(context, Alert(Severity.P3, title, details, run_id=run.run_id, asset=assets, partition=partition))
+
+
+def _not_promoted_days(metadata) -> list[tuple[str, str]]:
+    """(day, reason) of each day a run decided to keep the champion (``status`` = champion_kept)."""
+    per_day = metadata.get("per_day")
+    if per_day is not None and per_day.value:
+        return [(d, str(m.get("decision", ""))) for d, m in sorted(per_day.value.items())
+                if (m or {}).get("status") == "champion_kept"]
+    status = metadata.get("status")
+    if status is not None:
+        return [("", str(getattr(metadata.get("decision"), "value", "")))] if status.value == "champion_kept" else []
+    promoted = metadata.get("promoted")  # a record from before typed statuses
+    return [] if promoted is None or promoted.value else [("", str(getattr(metadata.get("decision"), "value", "")))]
 
 
 @dg.asset_sensor(
@@ -261,26 +373,27 @@ def recovery_alerts(context: dg.RunStatusSensorContext):
     name="model_promotion_alerts",
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=get_settings().sensor_interval_seconds,
-    description="P2 when a new model version was registered but not promoted to champion.",
+    description="P2 when a run decided not to promote a new model version (once per decision: a run that "
+    "reused a recorded decision does not alert again).",
 )
 def model_promotion_alerts(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
     from streamrec_assets.alerts import Alert, Severity
 
     materialization = asset_event.asset_materialization
-    metadata = materialization.metadata if materialization else {}
-    promoted = metadata.get("promoted")
-    if promoted is None or promoted.value:
-        return dg.SkipReason("model promoted (or nothing registered)")
-    decision = metadata.get("decision")
+    kept = _not_promoted_days(materialization.metadata if materialization else {})
+    if not kept:
+        return dg.SkipReason("no promotion decided against (promoted, reused, or nothing registered)")
+    days = [d for d, _ in kept if d] or [materialization.partition or ""]
+    partition = days[0] if len(days) == 1 else f"{days[0]}..{days[-1]} ({len(days)} days)"
     _send(
         context,
         Alert(
             Severity.P2,
-            "new ranker not promoted; the champion stays",
-            str(decision.value if decision else ""),
+            f"registered_model{f' for {partition}' if partition else ''}: new ranker not promoted; the champion stays",
+            "\n".join(f"{d + ': ' if d else ''}{reason}" for d, reason in kept)[:1500],
             run_id=asset_event.run_id,
             asset="registered_model",
-            partition=materialization.partition or "",
+            partition=partition,
         ),
     )
 

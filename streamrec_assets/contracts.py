@@ -279,3 +279,80 @@ batch_recommendations_schema = pa.DataFrameSchema(
     strict=True,
     name="batch_recommendations",
 )
+
+
+# ---- daily co-visitation aggregates (streamrec_assets.core.coplay), read by retrieval_model
+
+
+def _coplay_distances() -> list[str]:
+    from streamrec_assets.core.coplay import DISTANCES
+
+    return list(DISTANCES)
+
+
+daily_coplay_pairs_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col(),
+        "item_lo": pa.Column("int64", nullable=False),
+        "item_hi": pa.Column("int64", nullable=False),
+        **{d: pa.Column("int32", pa.Check.ge(0), nullable=False) for d in _coplay_distances()},
+    },
+    checks=[
+        pa.Check(lambda df: df["item_lo"] < df["item_hi"], name="unordered_pair_once"),
+        pa.Check(lambda df: df[_coplay_distances()].sum(axis=1) > 0, name="pair_was_seen"),
+        pa.Check(lambda df: ~df.duplicated(["date", "item_lo", "item_hi"]), name="one_row_per_pair_and_day"),
+    ],
+    strict=True,
+    ordered=True,
+    name="daily_coplay_pairs",
+)
+
+daily_coplay_history_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col(),
+        "user_id": pa.Column("int64", nullable=False),
+        "item_id": pa.Column("int64", nullable=False),
+        "last_played": pa.Column(TIMESTAMP, nullable=False),
+        "plays": pa.Column("int64", pa.Check.ge(1), nullable=False),
+    },
+    checks=[
+        pa.Check(lambda df: ~df.duplicated(["date", "user_id", "item_id"]), name="one_row_per_user_item_and_day"),
+        # The carry-over of cross-day pairs needs each day's plays to follow the previous day's.
+        pa.Check(
+            lambda df: df["last_played"].dt.floor("D") == pd.to_datetime(df["date"], utc=True),
+            name="played_in_partition",
+        ),
+    ],
+    strict=True,
+    ordered=True,
+    name="daily_coplay_history",
+)
+
+
+def _edges_consistent(df: pd.DataFrame) -> pd.Series:
+    """Every row of a user's day agrees on the day's length (pos + rpos + 1)."""
+    length = df["pos"].astype("int64") + df["rpos"].astype("int64")
+    groups = length.groupby([df["date"], df["user_id"]])
+    return groups.transform("min") == groups.transform("max")
+
+
+daily_coplay_edges_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col(),
+        "user_id": pa.Column("int64", nullable=False),
+        "item_id": pa.Column("int64", nullable=False),
+        "pos": pa.Column("int32", pa.Check.ge(0), nullable=False),
+        "rpos": pa.Column("int32", pa.Check.ge(0), nullable=False),
+    },
+    checks=[
+        pa.Check(
+            lambda df: (df["pos"] < len(_coplay_distances())) | (df["rpos"] < len(_coplay_distances())),
+            name="first_or_last_plays_only",
+        ),
+        pa.Check(lambda df: ~df.duplicated(["date", "user_id", "pos"]), name="one_play_per_position"),
+        pa.Check(_edges_consistent, name="one_day_length_per_user"),
+    ],
+    strict=True,
+    ordered=True,
+    name="daily_coplay_edges",
+)

@@ -75,16 +75,15 @@ def assert_online_equals_offline(store, settings, day: str, n: int = 50) -> int:
     """Training/serving skew check: for (user, item) pairs with features on ``day``, the online
     store returns exactly the values the offline store gives as of the end of that day.
     Returns the number of feature columns compared."""
-    import dagster as dg
     import numpy as np
     import pandas as pd
 
     from streamrec_assets.feature_repo import feature_refs, historical_features, online_features
-    from streamrec_assets.io_managers import PartitionedParquetIOManager, read_parquet
+    from streamrec_assets.storage import TableStore, read_parquet
 
-    io = PartitionedParquetIOManager(base_uri=settings.storage_uri)
-    users = read_parquet(io.partition_path(dg.AssetKey("user_features"), day))["user_id"].to_numpy()[:n]
-    items = read_parquet(io.partition_path(dg.AssetKey("item_features"), day))["item_id"].to_numpy()[:n]
+    io = TableStore(settings.storage_uri)
+    users = read_parquet(io.partition_path("user_features", day))["user_id"].to_numpy()[:n]
+    items = read_parquet(io.partition_path("item_features", day))["item_id"].to_numpy()[:n]
     k = min(len(users), len(items))
     assert k >= 10
     pairs = pd.DataFrame({"user_id": users[:k], "item_id": items[:k]})

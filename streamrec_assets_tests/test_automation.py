@@ -1,23 +1,16 @@
-"""Triggers, alerts and backfill plans, evaluated directly (no daemon)."""
+"""Triggers and backfill plans, evaluated directly (no daemon). Alerts: test_alerts.py."""
 
 from __future__ import annotations
 
 import json
 import threading
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import dagster as dg
 import pytest
 
 from streamrec_assets import datagen
-from streamrec_assets.alerts import Alert, Severity, classify_run_failure, send
-from streamrec_assets.automation import (
-    build_daily_schedule,
-    landing_zone_sensor,
-    model_promotion_alerts,
-    run_failure_alerts,
-)
+from streamrec_assets.automation import build_daily_schedule, landing_zone_sensor
 from streamrec_assets.backfill import Step, plan, run, split_range
 from streamrec_assets.definitions import daily_pipeline_job, defs
 from streamrec_assets.resources import LandingZone
@@ -108,95 +101,6 @@ def test_definitions_wire_automation():
     assert graph.get(dg.AssetKey("feast_feature_views")).pools == {"feature_store"}
 
 
-class Receiver:
-    """A local HTTP receiver standing in for a Slack webhook."""
-
-    def __init__(self):
-        self.bodies: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver(monkeypatch):
-    r = Receiver()
-    monkeypatch.setenv("STREAMREC_ALERT_WEBHOOK_URL", r.url)
-    yield r
-    r.close()
-
-
-def test_classification():
-    assert classify_run_failure("raw_events exceeds the failure budget", [], 0, 1) == Severity.P1
-    assert classify_run_failure("boom", ["raw_events:contract"], 0, 1) == Severity.P1
-    assert classify_run_failure("connection reset", [], 0, 1) is None, "a run retry will follow"
-    assert classify_run_failure("connection reset", [], 1, 1) == Severity.P0
-
-
-def test_webhook_delivery_is_slack_compatible(receiver):
-    assert send(Alert(Severity.P2, "not promoted", "reason"), receiver.url) == ["log", "webhook"]
-    body = receiver.bodies[0]
-    assert body["text"].startswith("[P2] not promoted") and body["severity"] == "P2"
-    assert send(Alert(Severity.P0, "down"), "http://127.0.0.1:9/nothing") == ["log"], "delivery failure never raises"
-
-
-@dg.asset
-def flaky_storage():
-    raise ConnectionError("storage unreachable")
-
-
-@dg.asset
-def contract_breach():
-    raise dg.Failure("raw_events: 5% of records violate the contract, above the failure budget", allow_retries=False)
-
-
-def _failure_context(instance, asset):
-    result = dg.materialize([asset], instance=instance, raise_on_error=False)
-    run = instance.get_run_by_id(result.run_id)
-    failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
-    return dg.build_run_status_sensor_context(
-        sensor_name="run_failure_alerts", dagster_instance=instance, dagster_run=run, dagster_event=failure
-    ).for_run_failure()
-
-
-def test_run_failure_sensor_pages_p0_and_p1(receiver):
-    with dg.instance_for_test() as instance:
-        run_failure_alerts(_failure_context(instance, flaky_storage))
-        run_failure_alerts(_failure_context(instance, contract_breach))
-    severities = [b["severity"] for b in receiver.bodies]
-    assert severities == ["P0", "P1"]
-    assert "storage unreachable" in receiver.bodies[0]["text"]
-
-
-def test_model_not_promoted_is_p2(receiver):
-    @dg.asset(name="registered_model")
-    def fake_registry():
-        return dg.MaterializeResult(metadata={"promoted": False, "decision": "challenger 0.70 < champion 0.72"})
-
-    with dg.instance_for_test() as instance:
-        dg.materialize([fake_registry], instance=instance)
-        list(model_promotion_alerts(dg.build_sensor_context(instance=instance)) or [])
-    assert [b["severity"] for b in receiver.bodies] == ["P2"]
-    assert "0.70 < champion 0.72" in receiver.bodies[0]["text"]
-
-
 def test_backfill_plans():
     assert split_range("2026-01-01", "2026-01-10", 3) == [
         ("2026-01-01", "2026-01-04"), ("2026-01-05", "2026-01-07"), ("2026-01-08", "2026-01-10")]
@@ -236,22 +140,3 @@ def test_backfill_waits_for_each_wave_and_stops_on_failure():
     assert calls[-3:] == ["ranking"] * 3 and "evaluation" not in calls, "nothing after a failed wave"
     first = {layer: calls.index(layer) for layer in ("ingest", "features", "training_data")}
     assert first["ingest"] < first["features"] < first["training_data"]
-
-
-def test_freshness_failure_is_p1_once(receiver):
-    import time
-
-    from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
-
-    from streamrec_assets.automation import freshness_alerts
-
-    with dg.instance_for_test() as instance:
-        instance.report_runless_asset_event(
-            FreshnessStateChange(key=dg.AssetKey("registered_model"), new_state=FreshnessState.FAIL,
-                                 previous_state=FreshnessState.PASS, state_change_timestamp=time.time())
-        )
-        first = dg.build_sensor_context(instance=instance)
-        freshness_alerts(first)
-        freshness_alerts(dg.build_sensor_context(instance=instance, cursor=first.cursor))
-    assert [b["severity"] for b in receiver.bodies] == ["P1"], "alerted once per transition to FAIL"
-    assert "registered_model is stale" in receiver.bodies[0]["text"]

@@ -104,14 +104,19 @@ def world(tmp_path):
     return env, home, out, code
 
 
-def launch(env: dict, code: Path, run_id: str, hang: bool) -> None:
+def launch(env: dict, code: Path, run_id: str, hang: bool) -> subprocess.Popen:
+    """`dagster job launch` (the run is queued; the daemon launches it); call ``launched`` on the result."""
     config = {"ops": {"model": {"config": {"hang": hang}}}}
-    result = subprocess.run(
+    return subprocess.Popen(
         [str(BIN / "dagster"), "job", "launch", "-w", str(code / "workspace.yaml"), "-j", "train",
          "--run-id", run_id, "--config-json", json.dumps(config)],
-        env=env, cwd=code, capture_output=True, text=True, timeout=120,
+        env=env, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def launched(cli: subprocess.Popen) -> None:
+    output, _ = cli.communicate(timeout=120)
+    assert cli.returncode == 0, output[-3000:]
 
 
 def slot_holders(instance: dg.DagsterInstance) -> set[str]:
@@ -122,7 +127,9 @@ def slot_holders(instance: dg.DagsterInstance) -> set[str]:
 def test_killed_run_is_failed_and_frees_its_pool_slot(world, tmp_path):
     env, home, out, code = world
     settings = monitoring_settings()
-    slot_bound = settings["free_slots_after_run_end_seconds"] + settings["poll_interval_seconds"] + 10
+    # The run's last update (its failure, then the run retry's bookkeeping tags a few seconds later)
+    # + free_slots_after_run_end_seconds + one monitoring poll: ~30 s with the repo's settings.
+    slot_bound = settings["free_slots_after_run_end_seconds"] + settings["poll_interval_seconds"] + 15
     log_path = tmp_path / "daemon.log"
     log = open(log_path, "w")
     daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(code / "workspace.yaml")],
@@ -148,8 +155,9 @@ def test_killed_run_is_failed_and_frees_its_pool_slot(world, tmp_path):
     victim, follower = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002"
     model_dir = out / "model"
     target = storage_path(str(model_dir / "model.bin"))
+    second_cli = None
     try:
-        launch(env, code, victim, hang=True)
+        launched(launch(env, code, victim, hang=True))
         pid = int(wait_for("the first run writing its model", lambda: read_bytes(storage_path(str(out / "writing.pid"))),
                            timeout=90))
         run = instance.get_run_by_id(victim)
@@ -161,7 +169,7 @@ def test_killed_run_is_failed_and_frees_its_pool_slot(world, tmp_path):
 
         os.kill(pid, signal.SIGKILL)  # the run worker (in-process executor: the step runs in it)
         killed_at = time.monotonic()
-        launch(env, code, follower, hang=False)  # a second run whose pooled step must get the slot
+        second_cli = launch(env, code, follower, hang=False)  # a second run whose pooled step must get the slot
 
         wait_for("FAILURE of the killed run",
                  lambda: instance.get_run_by_id(victim).status == dg.DagsterRunStatus.FAILURE, timeout=FAILURE_BOUND_S + 30)
@@ -170,8 +178,9 @@ def test_killed_run_is_failed_and_frees_its_pool_slot(world, tmp_path):
         assert [p.name for p in model_dir.iterdir()] == temps
         assert read_bytes(target) is None, "a half-written temporary file is never read as the model"
 
+        launched(second_cli)
         wait_for("the dead run's slot being freed", lambda: victim not in slot_holders(instance), timeout=slot_bound + 30)
-        freed_s = time.monotonic() - killed_at
+        freed_s, freed_wall = time.monotonic() - killed_at, time.time()
 
         def done(run_id):
             run = instance.get_run_by_id(run_id)
@@ -186,6 +195,8 @@ def test_killed_run_is_failed_and_frees_its_pool_slot(world, tmp_path):
             timeout=CLAIM_BACKOFF_S + 60,
         )
     finally:
+        if second_cli is not None and second_cli.poll() is None:
+            second_cli.kill()
         os.killpg(daemon.pid, signal.SIGTERM)
         try:
             daemon.wait(timeout=30)
@@ -204,6 +215,10 @@ def test_killed_run_is_failed_and_frees_its_pool_slot(world, tmp_path):
     second = instance.get_run_by_id(follower)
     assert second.status == dg.DagsterRunStatus.SUCCESS, [e.message for e in instance.all_logs(follower)][-10:]
     assert retries[0].status == dg.DagsterRunStatus.SUCCESS
+    # Both waited for the dead run's slot: nothing was materialised before it was freed.
+    for run_id in (follower, retries[0].run_id):
+        [materialization] = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        assert materialization.timestamp >= freed_wall - 1, (run_id, materialization.timestamp, freed_wall)
     assert slot_holders(instance) == set(), "every slot is free at the end"
     # The next write to the model's directory swept the dead writer's temporary file.
     assert [p.name for p in model_dir.iterdir()] == ["model.bin"]

@@ -14,6 +14,7 @@ import pytest
 
 from streamrec_assets import datagen as dg
 from streamrec_assets.cli import main
+from streamrec_assets.landing import Landing
 
 SEED = 7
 N = 50_000
@@ -265,10 +266,10 @@ def _args(landing, *extra):
 
 
 def test_paths():
-    assert dg.events_path("/l", "2026-01-01") == "/l/events/date=2026-01-01/events-2026-01-01.jsonl.gz"
-    assert dg.marker_path("s3://b/l/", "2026-01-01") == "s3://b/l/events/date=2026-01-01/_SUCCESS"
-    assert dg.users_path("/l") == "/l/catalog/users.parquet"
-    assert dg.items_path("/l") == "/l/catalog/items.parquet"
+    assert str(Landing("/l").events_path("2026-01-01")) == "/l/events/date=2026-01-01/events-2026-01-01.jsonl.gz"
+    assert str(Landing("s3://b/l/").marker_path("2026-01-01")) == "s3://b/l/events/date=2026-01-01/_SUCCESS"
+    assert str(Landing("/l").catalog_path("users")) == "/l/catalog/users.parquet"
+    assert str(Landing("/l").catalog_path("items")) == "/l/catalog/items.parquet"
 
 
 def test_cli_writes_files_and_markers(tmp_path, capsys):
@@ -276,20 +277,20 @@ def test_cli_writes_files_and_markers(tmp_path, capsys):
     assert main(_args(landing)) == 0
     out = capsys.readouterr().out
     assert "2026-01-02" in out and "total" in out
-    users = pd.read_parquet(dg.users_path(str(landing)))
-    items = pd.read_parquet(dg.items_path(str(landing)))
+    users = pd.read_parquet(Landing(str(landing)).catalog_path("users").path)
+    items = pd.read_parquet(Landing(str(landing)).catalog_path("items").path)
     assert list(users.columns) == ["user_id", "signup_date", "country"] and len(users) == 500
     assert (
         list(items.columns) == ["item_id", "genre", "duration_seconds", "release_date"] and len(items) == 200
     )
     for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
-        data = open(dg.events_path(str(landing), day), "rb").read()
-        marker = json.loads(open(dg.marker_path(str(landing), day)).read())
+        data = Landing(str(landing)).events_path(day).read_bytes()
+        marker = json.loads(Landing(str(landing)).marker_path(day).read_bytes())
         assert marker["date"] == day
         assert marker["sha256"] == hashlib.sha256(data).hexdigest()
         assert marker["records"] == len(gzip.decompress(data).splitlines()) == 2000
         assert marker["params"]["seed"] == 7 and marker["params"]["events_per_day"] == 2000
-    assert not [p for p in landing.rglob("*") if ".tmp-" in p.name]
+    assert not [p for p in landing.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_day_independent_of_range(tmp_path):
@@ -353,8 +354,10 @@ def test_cli_default_landing_and_bad_range(tmp_path, monkeypatch, capsys):
 
 
 def test_upath_write_helper(tmp_path):
+    from streamrec_assets.storage import read_bytes, storage_path, write_bytes
+
     uri = f"file://{tmp_path}/x/y.bin"
-    dg._write_bytes(uri, b"abc")
+    write_bytes(b"abc", storage_path(uri))
     assert (tmp_path / "x" / "y.bin").read_bytes() == b"abc"
-    assert dg._read_bytes(uri) == b"abc"
-    assert dg._read_bytes(f"file://{tmp_path}/missing") is None
+    assert read_bytes(storage_path(uri)) == b"abc"
+    assert read_bytes(storage_path(f"file://{tmp_path}/missing")) is None

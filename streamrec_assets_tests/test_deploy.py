@@ -77,7 +77,11 @@ def test_instance_config_is_valid(tmp_path, pg_env):
 
     settings = ref.settings
     assert settings["telemetry"] == {"enabled": False}
-    assert settings["run_retries"] == {"enabled": True, "max_retries": 2}
+    # Run retries only for infrastructure failures: persistent data errors must fail once.
+    assert settings["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+    # Run monitoring fails dead runs and frees their pool slots (see deploy/README.md, crash recovery).
+    monitoring = settings["run_monitoring"]
+    assert monitoring["enabled"] is True and monitoring["free_slots_after_run_end_seconds"] > 0
     assert settings["concurrency"]["pools"]["default_limit"] >= 1
     assert settings["concurrency"]["runs"]["max_concurrent_runs"] >= 1
     assert settings["concurrency"]["runs"]["tag_concurrency_limits"]

@@ -1,4 +1,4 @@
-"""The partition-aware Parquet IO manager: layout, ranges, atomic replace, missing partitions."""
+"""The partition-aware Parquet IO manager: layout, ranges, atomic replace, missing partitions, lazy readers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from streamrec_assets.io_managers import MissingPartitionsError, PartitionedParquetIOManager, format_key_spans
+from streamrec_assets.errors import MissingPartitionsError, NeverMaterializedError
+from streamrec_assets.io_managers import PartitionedParquetIOManager, format_key_spans
+from streamrec_assets.storage import PartitionReader
 
 PARTS = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC", fmt="%Y-%m-%d")
 KEY = dg.AssetKey("user_daily_activity")
@@ -32,19 +34,20 @@ def write(manager, df, start, end):
     return ctx
 
 
-def load(manager, start, end, metadata=None):
+def load(manager, start, end, metadata=None, dagster_type=None):
     ctx = dg.build_input_context(
         asset_key=KEY,
         asset_partitions_def=PARTS,
         asset_partition_key_range=dg.PartitionKeyRange(start, end),
         definition_metadata=metadata,
+        dagster_type=dagster_type,
     )
     return manager.load_input(ctx)
 
 
 @pytest.fixture
 def manager(tmp_path):
-    return PartitionedParquetIOManager(base_uri=str(tmp_path / "storage"))
+    return PartitionedParquetIOManager.at(str(tmp_path / "storage"))
 
 
 def test_range_output_writes_every_partition_hive_style(manager, tmp_path):
@@ -97,11 +100,14 @@ def test_rows_outside_the_range_are_refused(manager):
 def test_missing_partitions_are_named(manager):
     write(manager, frame(["2026-01-01"]), "2026-01-01", "2026-01-01")
     write(manager, frame(["2026-01-05"]), "2026-01-05", "2026-01-05")
-    with pytest.raises(MissingPartitionsError) as err:
+    with pytest.raises(dg.Failure) as failure:
         load(manager, "2026-01-01", "2026-01-05")
-    assert err.value.missing == ["2026-01-02", "2026-01-03", "2026-01-04"]
-    assert "user_daily_activity" in str(err.value) and "2026-01-02..2026-01-04" in str(err.value)
-    assert not isinstance(err.value, FileNotFoundError)
+    assert not failure.value.allow_retries, "a missing partition is a persistent error: never retried"
+    err = failure.value.__cause__
+    assert isinstance(err, MissingPartitionsError)
+    assert err.missing == ["2026-01-02", "2026-01-03", "2026-01-04"]
+    assert "user_daily_activity" in str(err) and "2026-01-02..2026-01-04" in str(err)
+    assert failure.value.metadata["error_class"].value == "MissingPartitionsError"
     allowed = load(manager, "2026-01-01", "2026-01-05", metadata={"allow_missing_partitions": True})
     assert sorted(allowed["date"].unique()) == ["2026-01-01", "2026-01-05"]
 
@@ -112,8 +118,9 @@ def test_unpartitioned_asset_is_one_file(manager, tmp_path):
     assert (tmp_path / "storage" / "item_catalog.parquet").is_file()
     back = manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("item_catalog")))
     assert back["item_id"].tolist() == [1, 2]
-    with pytest.raises(FileNotFoundError, match="was never materialised"):
+    with pytest.raises(dg.Failure, match="was never materialised") as failure:
         manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("user_catalog")))
+    assert isinstance(failure.value.__cause__, NeverMaterializedError)
 
 
 def test_non_dataframe_output_is_refused(manager):
@@ -126,3 +133,20 @@ def test_format_key_spans():
         "2026-01-01..2026-01-03",
         "2026-01-07",
     ]
+
+
+def test_reader_input_is_lazy_and_reads_one_day_at_a_time(manager, monkeypatch):
+    write(manager, frame(["2026-01-01", "2026-01-02", "2026-01-03"], 2), "2026-01-01", "2026-01-03")
+    reader_type = dg.DagsterType(lambda _, value: isinstance(value, PartitionReader), name="PartitionReader",
+                                 typing_type=PartitionReader)
+    import streamrec_assets.storage as storage
+
+    reads = []
+    real = storage.read_parquet
+    monkeypatch.setattr(storage, "read_parquet", lambda path, columns=None: reads.append(str(path)) or real(path, columns))
+    reader = load(manager, "2026-01-01", "2026-01-03", dagster_type=reader_type)
+    assert isinstance(reader, PartitionReader) and reads == [], "nothing is read before a day is asked for"
+    assert reader.present == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    assert reader.read("2026-01-02")["date"].unique().tolist() == ["2026-01-02"]
+    assert len(reads) == 1
+    assert sorted(reader.read_days(["2026-01-01", "2026-01-03"])["date"].unique()) == ["2026-01-01", "2026-01-03"]

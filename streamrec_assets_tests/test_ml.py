@@ -14,7 +14,7 @@ import pytest
 
 from streamrec_assets.core.training import leaked_rows
 from streamrec_assets.definitions import build_resources
-from streamrec_assets.io_managers import PartitionedParquetIOManager, read_parquet
+from streamrec_assets.storage import TableStore, read_parquet
 from streamrec_assets_tests.conftest import END, START, assert_online_equals_offline, run_range
 
 pytestmark = pytest.mark.slow
@@ -28,8 +28,8 @@ def days(start: str, end: str) -> list[str]:
 
 
 def read(settings, asset: str, keys: list[str]) -> pd.DataFrame:
-    store = PartitionedParquetIOManager(base_uri=settings.storage_uri)
-    frames = [read_parquet(store.partition_path(dg.AssetKey(asset), k)) for k in keys]
+    store = TableStore(settings.storage_uri)
+    frames = [read_parquet(store.partition_path(asset, k)) for k in keys]
     return pd.concat([f for f in frames if len(f)], ignore_index=True)
 
 

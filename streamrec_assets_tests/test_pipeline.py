@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import gzip
 import shutil
 from datetime import date, timedelta
 
@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from streamrec_assets import datagen
-from streamrec_assets.io_managers import PartitionedParquetIOManager
+from streamrec_assets.landing import Landing
+from streamrec_assets.storage import TableStore, read_parquet, storage_path
 from streamrec_assets_tests.conftest import END, START, TINY_EVENTS, run_range, tiny_settings
 
 pytestmark = pytest.mark.slow
@@ -29,14 +30,12 @@ def pipeline(graph_32):
     return graph_32
 
 
-def store(settings) -> PartitionedParquetIOManager:
-    return PartitionedParquetIOManager(base_uri=settings.storage_uri)
+def store(settings) -> TableStore:
+    return TableStore(settings.storage_uri)
 
 
 def read(settings, asset: str, keys: list[str]) -> pd.DataFrame:
-    from streamrec_assets.io_managers import read_parquet
-
-    frames = [read_parquet(store(settings).partition_path(dg.AssetKey(asset), k)) for k in keys]
+    frames = [read_parquet(store(settings).partition_path(asset, k)) for k in keys]
     return pd.concat([f for f in frames if len(f)], ignore_index=True)
 
 
@@ -55,13 +54,14 @@ def test_every_partition_materialised_and_checks_pass(pipeline):
         )
         assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}, asset
         for day in days(START, END):
-            assert store(settings).partition_path(dg.AssetKey(asset), day).exists(), (asset, day)
+            assert store(settings).partition_path(asset, day).exists(), (asset, day)
 
 
 def test_landing_records_reconcile(pipeline):
     settings, _, _ = pipeline
     keys = days(START, END)
-    records = sum(json.loads(open(datagen.marker_path(settings.landing_uri, d)).read())["records"] for d in keys)
+    landing = Landing(settings.landing_uri)
+    records = sum(landing.read_marker(d).records for d in keys)
     valid, rejected = read(settings, "raw_events", keys), read(settings, "raw_events_dlq", keys)
     assert records == TINY_EVENTS * len(keys)
     assert len(valid) + len(rejected) == records
@@ -73,12 +73,10 @@ def test_landing_records_reconcile(pipeline):
 def test_features_equal_recomputation_from_raw_events(pipeline):
     """user_features of the last day == the window recomputed from 28 days of stored raw events."""
     from streamrec_assets.core.features import rolling_features, user_daily_activity
-    from streamrec_assets.io_managers import read_parquet
-
     settings, _, _ = pipeline
     window = days("2026-01-05", END)
     raw = read(settings, "raw_events", window)
-    items = read_parquet(store(settings).unpartitioned_path(dg.AssetKey("item_catalog")))
+    items = read_parquet(store(settings).unpartitioned_path("item_catalog"))
     expected = rolling_features(user_daily_activity(raw, items), [END], "user_id", first_day=START)
     got = read(settings, "user_features", [END])
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
@@ -112,7 +110,8 @@ def test_failure_budget_stops_the_run_and_downstream(landing_32, tmp_path):
     bad_day = "2026-01-02"
     world = datagen.World.build(11, datagen.default_users(TINY_EVENTS), datagen.default_items(TINY_EVENTS))
     data = datagen.generate_day(world, bad_day, TINY_EVENTS, seed=11, malformed_rate=0.05)
-    (tmp_path / "landing" / "events" / f"date={bad_day}" / f"events-{bad_day}.jsonl.gz").write_bytes(data)
+    landing = Landing(settings.landing_uri)
+    landing.write_day(bad_day, data, len(gzip.decompress(data).splitlines()))
     (tmp_path / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         result = run_range(settings, instance, "2026-01-01", "2026-01-03", raise_on_error=False)
@@ -123,8 +122,11 @@ def test_failure_budget_stops_the_run_and_downstream(landing_32, tmp_path):
         assert instance.get_latest_materialization_event(dg.AssetKey("raw_events")) is None
         for downstream in ("user_daily_activity", "user_features", "item_features"):
             assert instance.get_latest_materialization_event(dg.AssetKey(downstream)) is None
-        # The rejected records are kept for inspection.
-        dlq = read(settings, "raw_events_dlq", [bad_day])
+        # Neither table of the bad day is published; both are kept in quarantine for inspection.
+        assert not store(settings).partition_path("raw_events", bad_day).exists()
+        assert not store(settings).partition_path("raw_events_dlq", bad_day).exists()
+        where = failure.event_specific_data.user_failure_data.metadata["location"].value
+        dlq = read_parquet(storage_path(f"{where}/raw_events_dlq/date={bad_day}/data.parquet"))
         assert len(dlq) >= 0.05 * TINY_EVENTS
 
 

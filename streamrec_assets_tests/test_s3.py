@@ -107,13 +107,12 @@ def test_whole_graph_on_s3(s3, mlflow_server, tmp_path):
     # Read back through the same IO manager code, and re-materialise: the object is replaced.
     os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
     try:
-        import dagster as dg
         import pandas as pd
 
-        from streamrec_assets.io_managers import PartitionedParquetIOManager, read_parquet, write_parquet
+        from streamrec_assets.storage import S3Options, TableStore, read_parquet, write_parquet
 
-        store = PartitionedParquetIOManager(base_uri=f"s3://{BUCKET}/run/storage", s3_endpoint_url=endpoint)
-        path = store.partition_path(dg.AssetKey("user_features"), "2026-01-04")
+        store = TableStore(f"s3://{BUCKET}/run/storage", S3Options(endpoint_url=endpoint))
+        path = store.partition_path("user_features", "2026-01-04")
         features = read_parquet(path)
         assert len(features) > 0 and (features["date"] == "2026-01-04").all()
         write_parquet(features.head(3), path)

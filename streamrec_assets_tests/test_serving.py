@@ -109,10 +109,13 @@ def test_join_entity_features_equals_one_row_per_pair():
     pairs = _candidates(users, items)[["user_id", "item_id"]].sample(frac=1.0, random_state=1)
     joined = join_entity_features(pairs, features)
     expected = pairs.reset_index(drop=True).merge(features["user_id"], on="user_id", how="left").merge(
-        features["item_id"].drop(columns="event_timestamp"), on="item_id", how="left"
+        features["item_id"], on="item_id", how="left"
     )
-    pd.testing.assert_frame_equal(joined, expected)
+    # The numeric features, as float64; the '__date' audit strings are never model features.
+    expected = expected.drop(columns=["event_timestamp", "user_features__date", "item_features__date"])
+    pd.testing.assert_frame_equal(joined, expected.astype({c: "float64" for c in expected.columns if "__" in c}))
     assert joined["user_features__plays_7d"].isna().any() and joined["item_features__plays_7d"].isna().any()
+    assert join_entity_features(pairs, {}).equals(pairs.reset_index(drop=True))
 
 
 def test_lookup_entities_asks_each_distinct_id_once():
@@ -153,8 +156,11 @@ def test_sliced_vectorised_scoring_equals_per_pair_scoring(slice_rows):
     features = _entity_features(items, users)
     cands = _candidates(users, items)
     model = _model_bytes(MODEL_FEATURES)
-    per_pair = _per_pair_recommend(join_entity_features(cands[["user_id", "item_id"]], features), cands, model,
-                                   items, users, k=5)
+    pairs = cands[["user_id", "item_id"]]
+    per_pair_features = pairs.merge(features["user_id"], on="user_id", how="left").merge(
+        features["item_id"].drop(columns="event_timestamp"), on="item_id", how="left"
+    )  # one row per pair, the lookup's own dtypes (int64, strings)
+    per_pair = _per_pair_recommend(per_pair_features, cands, model, items, users, k=5)
     got = recommend(cands, model, items, users, AS_OF, features, k=5, slice_rows=slice_rows)
     pd.testing.assert_frame_equal(got, per_pair)
     table = recommendation_table(got, "2026-01-10", 3, "online")
@@ -196,13 +202,15 @@ def _day_candidates(settings, day: str):
 
 
 def _assert_same_features(vectorised: pd.DataFrame, per_pair: pd.DataFrame) -> int:
-    columns = [c for c in per_pair.columns if "__" in c]
-    assert sorted(c for c in vectorised.columns if "__" in c) == sorted(columns)
+    """Every feature the scorer can see is equal, pair for pair, to the per-pair lookup's."""
+    columns = [c for c in vectorised.columns if "__" in c]
+    left_out = [c for c in per_pair.columns if "__" in c and c not in columns]
+    for col in left_out:  # only non-numeric columns: the '__date' strings, or features null everywhere
+        assert col.endswith("__date") or per_pair[col].isna().all(), col
     assert len(vectorised) == len(per_pair)
     pd.testing.assert_frame_equal(
-        vectorised[["user_id", "item_id", *columns]].reset_index(drop=True),
-        per_pair[["user_id", "item_id", *columns]].reset_index(drop=True),
-        check_dtype=False,  # a column is int64 per pair and float64 (NaN) once joined, when some id lacks a row
+        vectorised[["user_id", "item_id", *columns]],
+        per_pair[["user_id", "item_id", *columns]].reset_index(drop=True).astype({c: "float64" for c in columns}),
         check_exact=True,
     )
     return len(columns)
@@ -224,7 +232,7 @@ def test_vectorised_online_features_equal_per_pair_lookup(graph_32):
     per_pair = online_features(store, pairs["user_id"], pairs["item_id"], refs)
     lookup = _online_lookup(store, batch_rows=37)  # several bulk requests per entity
     vectorised = join_entity_features(pairs, lookup_entities(pairs, refs, lookup))
-    assert _assert_same_features(vectorised, per_pair) > 30
+    assert _assert_same_features(vectorised, per_pair) > 25
     assert vectorised[[c for c in vectorised.columns if c.startswith("user_features__")]].notna().any(axis=None)
 
 
@@ -241,7 +249,7 @@ def test_vectorised_offline_features_equal_per_pair_lookup(graph_32):
     pairs = cands[["user_id", "item_id"]]
     per_pair = historical_features(store, pairs.assign(event_timestamp=as_of), refs)
     vectorised = join_entity_features(pairs, lookup_entities(pairs, refs, _offline_lookup(store, as_of)))
-    assert _assert_same_features(vectorised, per_pair) > 30
+    assert _assert_same_features(vectorised, per_pair) > 25
 
 
 @pytest.mark.slow

@@ -126,13 +126,19 @@ def publish_day(
             names = [":".join(_check_key(c)) for c in failed]
             where = txn.quarantine(
                 reason=f"failed blocking checks: {', '.join(names)}",
-                details={"partition": day, "checks": {n: dict(c.metadata) for n, c in zip(names, failed, strict=True)}},
+                details={
+                    "partition": day,
+                    "checks": {
+                        n: {k: _jsonable(v) for k, v in c.metadata.items()} for n, c in zip(names, failed, strict=True)
+                    },
+                },
             )
             assets = sorted({_check_key(c)[0] for c in failed})
+            errors = [str(getattr(c.metadata.get("error"), "value", "")) for c in failed if c.metadata.get("error")]
             raise AuditFailedError(
                 f"{', '.join(assets)}{f' [{day}]' if day else ''} failed its blocking checks "
                 f"({', '.join(names)}); nothing was published, the previous version stays in place. "
-                f"The rejected value is in quarantine: {where}",
+                f"The rejected value is in quarantine: {where}" + "".join(f"\n{e}" for e in errors),
                 failed_checks=names,
                 quarantine=where,
                 asset=assets[0],
@@ -244,6 +250,10 @@ def _jsonable(value: Any) -> Any:
     value = getattr(value, "value", value)
     if isinstance(value, int | float | str | bool) or value is None:
         return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
     try:
         import numpy as np
 

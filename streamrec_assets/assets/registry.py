@@ -27,7 +27,14 @@ from streamrec_assets.assets.common import DayResult, day_metadata, run_days
 from streamrec_assets.assets.models import EVALUATION_SET, OK, RANKER_WINDOW_DAYS, metric_values
 from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
 from streamrec_assets.core.dates import window_days
-from streamrec_assets.core.registry import DECISION_WAIT_S, Candidate, DayOutcome, Registry, register_day, skipped
+from streamrec_assets.core.registry import (
+    DECISION_WAIT_S,
+    Candidate,
+    DayOutcome,
+    Registry,
+    register_day,
+    skipped,
+)
 from streamrec_assets.errors import NeverMaterializedError
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import FeastResource, MLflowResource, Storage
@@ -85,7 +92,7 @@ def registered_model(
         card = cards.loc[day]
         table = model_evaluation[model_evaluation["date"] == day]
         if card["status"] != OK or table.empty:
-            outcome = skipped(day, f"no trained ranker for {day} ({card['status']})")
+            outcome = skipped(day, f"no trained ranker for {day} ({card['status']})", registry)
         else:
             candidate = build_candidate(context, storage, day, card, metric_values(table), lineage_base)
             outcome = register_day(

@@ -1,9 +1,17 @@
-"""Group ``training``: candidate generation (item co-visitation with a popularity fallback).
+"""Candidate generation: item co-visitation with a popularity fallback, trained from daily aggregates.
 
-Partition D is trained on the plays of [D-28, D-1] (never day D) and measured by
-Recall@100 of its candidates against D's plays. The model is three small Parquet
-tables and a manifest next to the partition's model card (``data.parquet``), all
-published together.
+* ``daily_coplay`` (group ``features``) reduces one day of raw events to what
+  co-visitation needs (:func:`streamrec_assets.core.coplay.daily_coplay`), three
+  tables published together: ``daily_coplay_pairs`` (item pairs played 1..5 plays
+  apart within a user's day), ``daily_coplay_history`` (per user and item: last play,
+  plays) and ``daily_coplay_edges`` (each user's first and last 5 plays of the day,
+  the carry-over that rebuilds pairs spanning day boundaries).
+* ``retrieval_model`` (group ``training``): partition D is trained on the aggregates of
+  [D-28, D-1] (never day D), read one day at a time, and measured by Recall@100 of its
+  candidates against D's plays (from ``daily_coplay_history`` of D). Its result is the
+  one :func:`streamrec_assets.core.retrieval.train_covisitation` gives on the raw plays
+  of the window. The model is three small Parquet tables and a manifest next to the
+  partition's model card (``data.parquet``), all published together.
 """
 
 import json
@@ -11,7 +19,7 @@ import json
 import dagster as dg
 import pandas as pd
 
-from streamrec_assets.assets.common import DayResult, day_metadata, run_days
+from streamrec_assets.assets.common import DayResult, contract_check_spec, day_metadata, run_days
 from streamrec_assets.automation import EAGER_GATED, STORAGE_RETRY
 from streamrec_assets.core.dates import day_offset, window_days
 from streamrec_assets.partitions import daily_partitions, single_run
@@ -20,20 +28,20 @@ from streamrec_assets.storage import PartitionReader
 
 GROUP = "training"
 ASSET = "retrieval_model"
+COPLAY_GROUP = "features"
+COPLAY_PAIRS = "daily_coplay_pairs"
+COPLAY_HISTORY = "daily_coplay_history"
+COPLAY_EDGES = "daily_coplay_edges"
+COPLAY_ASSETS = (COPLAY_PAIRS, COPLAY_HISTORY, COPLAY_EDGES)
 RETRIEVAL_WINDOW_DAYS = 28
 N_CANDIDATES = 100
 OK = "ok"
 INSUFFICIENT = "insufficient_history"
-PLAY_COLUMNS = ["date", "user_id", "item_id", "event_type", "event_timestamp"]
-
-
-def plays_of(events: pd.DataFrame) -> pd.DataFrame:
-    if events.empty:
-        return pd.DataFrame(
-            {"date": pd.Series(dtype=object), "user_id": pd.Series(dtype="int64"),
-             "item_id": pd.Series(dtype="int64"), "event_timestamp": pd.Series(dtype="datetime64[us, UTC]")}
-        )
-    return events.loc[events["event_type"] == "play", ["date", "user_id", "item_id", "event_timestamp"]]
+COPLAY_EVENT_COLUMNS = ["user_id", "item_id", "event_type", "event_timestamp"]
+#: Day D's model reads the daily aggregates of [D-28, D-1].
+RETRIEVAL_WINDOW_MAPPING = dg.TimeWindowPartitionMapping(start_offset=-RETRIEVAL_WINDOW_DAYS, end_offset=-1)
+#: ... and day D's history too: its (user, item) plays are what Recall@100 is measured on.
+RETRIEVAL_HISTORY_MAPPING = dg.TimeWindowPartitionMapping(start_offset=-RETRIEVAL_WINDOW_DAYS, end_offset=0)
 
 
 def ranked_candidates(cands: pd.DataFrame) -> pd.DataFrame:
@@ -53,6 +61,72 @@ def load_retrieval(storage: Storage, day: str):
     return RetrievalModel.from_frames(frames, manifest["trained_through"], manifest["window_days"])
 
 
+def _play_events(raw_events: PartitionReader, day: str):
+    """The plays of one day (user_id, item_id, event_timestamp), filtered in Arrow before pandas."""
+    import pyarrow.compute as pc
+
+    table = raw_events.read_arrow(day, COPLAY_EVENT_COLUMNS)
+    table = table.filter(pc.equal(table["event_type"], "play")).drop_columns(["event_type"])
+    return table.to_pandas()
+
+
+@dg.multi_asset(
+    name="daily_coplay",
+    group_name=COPLAY_GROUP,
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+    ins={"raw_events": dg.AssetIn()},
+    outs={
+        COPLAY_PAIRS: dg.AssetOut(
+            kinds={"parquet"},
+            code_version="1",
+            automation_condition=EAGER_GATED,
+            description="Per day and unordered item pair (item_lo < item_hi): d1..d5 = how often the two items "
+            "were played 1..5 plays apart in one user's play sequence of the day (time order).",
+        ),
+        COPLAY_HISTORY: dg.AssetOut(
+            kinds={"parquet"},
+            code_version="1",
+            automation_condition=EAGER_GATED,
+            description="Per day, user and item played: the latest play (last_played) and the number of plays.",
+        ),
+        COPLAY_EDGES: dg.AssetOut(
+            kinds={"parquet"},
+            code_version="1",
+            automation_condition=EAGER_GATED,
+            description="The first and last 5 plays of each user's day (pos from the first play, rpos from the "
+            "last): the carry-over that rebuilds co-visitation pairs spanning day boundaries.",
+        ),
+    },
+    check_specs=[contract_check_spec(name) for name in COPLAY_ASSETS],
+    retry_policy=STORAGE_RETRY,
+)
+def daily_coplay(context: dg.AssetExecutionContext, storage: Storage, raw_events: PartitionReader):
+    """One day of plays reduced to what co-visitation retrieval needs; the three tables are
+    audited by their contracts and published together, day by day."""
+    from streamrec_assets.core.coplay import daily_coplay as reduce_day
+
+    def compute(day: str) -> DayResult:
+        plays = _play_events(raw_events, day)
+        tables = reduce_day(plays, day)
+        pairs, history, edges = tables["pairs"], tables["history"], tables["edges"]
+        return DayResult(
+            tables={COPLAY_PAIRS: pairs, COPLAY_HISTORY: history, COPLAY_EDGES: edges},
+            metadata={
+                COPLAY_PAIRS: day_metadata(pairs, plays=int(len(plays))),
+                COPLAY_HISTORY: day_metadata(
+                    history,
+                    plays=int(len(plays)),
+                    users=int(history["user_id"].nunique()),
+                    items=int(history["item_id"].nunique()),
+                ),
+                COPLAY_EDGES: day_metadata(edges, users=int(edges["user_id"].nunique())),
+            },
+        )
+
+    yield from run_days(context, storage, list(COPLAY_ASSETS), compute)
+
+
 @dg.asset(
     name=ASSET,
     group_name=GROUP,
@@ -60,27 +134,43 @@ def load_retrieval(storage: Storage, day: str):
     partitions_def=daily_partitions,
     backfill_policy=single_run,
     ins={
-        "events": dg.AssetIn(
-            "raw_events", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-RETRIEVAL_WINDOW_DAYS)
-        )
+        "pairs": dg.AssetIn(COPLAY_PAIRS, partition_mapping=RETRIEVAL_WINDOW_MAPPING),
+        "edges": dg.AssetIn(COPLAY_EDGES, partition_mapping=RETRIEVAL_WINDOW_MAPPING),
+        "history": dg.AssetIn(COPLAY_HISTORY, partition_mapping=RETRIEVAL_HISTORY_MAPPING),
     },
     retry_policy=STORAGE_RETRY,
     code_version="1",
     automation_condition=EAGER_GATED,
     description="Candidate generation: item co-visitation over the plays of the 28 days before D, with a "
-    "popularity fallback for cold users. Recall@100 on day D's plays in metadata.",
+    "popularity fallback for cold users, combined from the daily_coplay aggregates of [D-28, D-1] (never "
+    "raw events). Recall@100 on day D's plays in metadata.",
 )
-def retrieval_model(context: dg.AssetExecutionContext, storage: Storage, events: PartitionReader):
+def retrieval_model(
+    context: dg.AssetExecutionContext,
+    storage: Storage,
+    pairs: PartitionReader,
+    edges: PartitionReader,
+    history: PartitionReader,
+):
+    from streamrec_assets.core.coplay import EDGES_READ, HISTORY_READ, PAIRS_READ, train_from_daily
     from streamrec_assets.core.metrics import recall_at_k
-    from streamrec_assets.core.retrieval import candidates, train_covisitation
+    from streamrec_assets.core.retrieval import candidates
 
     def compute(day: str) -> DayResult:
-        window = plays_of(events.read_days(window_days(day, RETRIEVAL_WINDOW_DAYS, end_offset=-1), PLAY_COLUMNS))
-        model = train_covisitation(
-            window[["user_id", "item_id", "event_timestamp"]], day_offset(day, -1), RETRIEVAL_WINDOW_DAYS
+        window = [d for d in window_days(day, RETRIEVAL_WINDOW_DAYS, end_offset=-1) if d in history.days]
+        stats: dict = {}
+        model = train_from_daily(
+            window,
+            read_history=lambda d: history.read(d, HISTORY_READ),
+            read_pairs=lambda d: pairs.read(d, PAIRS_READ),
+            read_edges=lambda d: edges.read(d, EDGES_READ),
+            trained_through=day_offset(day, -1),
+            window_days=RETRIEVAL_WINDOW_DAYS,
+            stats=stats,
         )
+        plays_in_window = int(stats["plays_in_window"])
         frames = model.to_frames()
-        today = plays_of(events.read(day, PLAY_COLUMNS)).drop_duplicates(["user_id", "item_id"]).assign(relevance=1)
+        today = history.read(day, ["user_id", "item_id"]).assign(relevance=1)
         recall = float("nan")
         if len(model.popularity) and len(today):
             cands = candidates(model, today["user_id"].unique(), n=N_CANDIDATES)
@@ -91,8 +181,10 @@ def retrieval_model(context: dg.AssetExecutionContext, storage: Storage, events:
             "tables": sorted(frames),
             "trained_through": model.trained_through,
             "window_days": model.window_days,
-            "plays_in_window": int(len(window)),
+            "plays_in_window": plays_in_window,
             "recall_at_100_next_day": recall,
+            "trained_from": COPLAY_ASSETS,
+            "aggregate_days_read": len(window),
         }
         card = pd.DataFrame(
             [
@@ -101,7 +193,7 @@ def retrieval_model(context: dg.AssetExecutionContext, storage: Storage, events:
                     "status": status,
                     "uri": str(storage.path(ASSET, day, "")),
                     "trained_through": model.trained_through,
-                    "plays_in_window": int(len(window)),
+                    "plays_in_window": plays_in_window,
                     "items": int(len(model.popularity)),
                     "neighbor_pairs": int(len(model.neighbors)),
                     "users_with_history": int(model.history["user_id"].nunique()),
@@ -118,8 +210,11 @@ def retrieval_model(context: dg.AssetExecutionContext, storage: Storage, events:
                     card,
                     status=status,
                     recall_at_100=dg.MetadataValue.float(recall),
-                    plays_in_window=int(len(window)),
+                    plays_in_window=plays_in_window,
                     neighbor_pairs=int(len(model.neighbors)),
+                    aggregate_days_read=len(window),
+                    window_item_pairs=int(stats["window_pairs"]),
+                    carried_users=int(stats["carried_users"]),
                 )
             },
         )

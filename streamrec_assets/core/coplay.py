@@ -188,6 +188,9 @@ class _PairCounts:
 
     def add(self, lo: np.ndarray, hi: np.ndarray, counts: np.ndarray) -> None:
         """Add counts (rows of ``lookahead`` columns) of the code pairs ``lo < hi``."""
+        nonzero = counts.any(axis=1)  # a shorter lookahead than the tables': drop pairs seen only farther apart
+        if not nonzero.all():
+            lo, hi, counts = lo[nonzero], hi[nonzero], counts[nonzero]
         if len(lo) == 0:
             return
         self.pending.append((lo.astype("int64") * self.n + hi.astype("int64"), counts.astype(COUNT_DTYPE)))

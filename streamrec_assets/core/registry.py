@@ -114,6 +114,9 @@ class Decision:
         try:
             values = json.loads(raw)
             values["status"] = Status(values["status"])
+            values["version"] = str(values["version"])
+            if values.get("champion_before") is not None:
+                values["champion_before"] = str(values["champion_before"])
             for name in ("challenger_ndcg", "champion_ndcg", "tolerance"):
                 values[name] = float("nan") if values.get(name) is None else float(values[name])
             return cls(**values)
@@ -253,8 +256,12 @@ class DayOutcome:
         }
 
 
-def skipped(day: str, reason: str) -> DayOutcome:
-    return DayOutcome(day=day, status=Status.SKIPPED, reason=reason)
+def skipped(day: str, reason: str, registry: Registry | None = None) -> DayOutcome:
+    """A day without a trained ranker: nothing registered; the champion as it stands."""
+    champion = registry.champion() if registry is not None else None
+    return DayOutcome(
+        day=day, status=Status.SKIPPED, reason=reason, champion_version=int(champion.version) if champion else -1
+    )
 
 
 # ------------------------------------------------------------------------------- the registry
@@ -336,10 +343,10 @@ class Registry:
             self.name, model_uri, run_id=run_id, tags=tags, description=candidate.description, model_id=model_id
         )
         found = self.versions(candidate.fingerprint)
-        if all(v.version != mine.version for v in found):
+        if all(str(v.version) != str(mine.version) for v in found):
             found = lowest([*found, mine])
         winner = found[0]
-        if winner.version == mine.version:
+        if str(winner.version) == str(mine.version):
             self._sweep(found)
             return mine, Registration.REGISTERED
         log.info(
@@ -351,6 +358,7 @@ class Registry:
 
     def _log_run(self, candidate: Candidate) -> tuple[str, str, str | None, dict[str, Any]]:
         import mlflow
+        import xgboost
         from mlflow import xgboost as mlflow_xgboost
 
         from streamrec_assets.core.ranking import load_booster
@@ -360,7 +368,10 @@ class Registry:
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=f"ranker-{candidate.day}") as run:
             mlflow.log_params(candidate.params)
             mlflow.log_metrics(candidate.metrics)
-            info = mlflow_xgboost.log_model(booster, name="model", model_format="ubj")
+            # Explicit requirements: inferring them imports the model in a subprocess (~10 s per version).
+            info = mlflow_xgboost.log_model(
+                booster, name="model", model_format="ubj", pip_requirements=[f"xgboost=={xgboost.__version__}"]
+            )
             record["mlflow_run_id"] = run.info.run_id
             mlflow.log_dict(record, "lineage.json")
             mlflow.set_tags({PARTITION_TAG: candidate.day, FINGERPRINT_TAG: candidate.fingerprint})
@@ -408,14 +419,14 @@ class Registry:
             recorded = self._await_decision(current)
         if recorded is not None:
             champion = self.champion()
-            if alias_to_apply(recorded, champion.version if champion else None):
+            if alias_to_apply(recorded, str(champion.version) if champion else None):
                 self.client.set_registered_model_alias(self.name, CHAMPION, recorded.version)
             return recorded, False
         decision = gate()
         # The record first, then the alias: whoever sees the alias also sees the decision.
         self.client.set_model_version_tag(self.name, version.version, DECISION_TAG, decision.to_tag())
         if decision.status == Status.PROMOTED:
-            self.client.set_registered_model_alias(self.name, CHAMPION, version.version)
+            self.client.set_registered_model_alias(self.name, CHAMPION, str(version.version))
         return decision, True
 
     def _await_decision(self, version: ModelVersion) -> Decision | None:
@@ -439,12 +450,13 @@ class Registry:
         current = self.champion()
         champion = None
         if current is not None:
+            number = str(current.version)
             ndcg = (
                 challenger_ndcg
-                if current.version == version
-                else ndcg_on(evaluation_set, score(self.model_bytes(current.version), evaluation_set))
+                if number == version
+                else ndcg_on(evaluation_set, score(self.model_bytes(number), evaluation_set))
             )
-            champion = Champion(current.version, current.tags.get(PARTITION_TAG), ndcg)
+            champion = Champion(number, current.tags.get(PARTITION_TAG), ndcg)
         return decide(challenger_ndcg, champion, version, day, tolerance, decided_by)
 
 
@@ -457,15 +469,17 @@ def register_day(
 ) -> DayOutcome:
     """Register (or reuse) the day's version, point ``challenger`` at it, settle its promotion."""
     version, registration = registry.register(candidate, registrant)
-    registry.client.set_registered_model_alias(registry.name, CHALLENGER, version.version)
+    number = str(version.version)
+    registry.client.set_registered_model_alias(registry.name, CHALLENGER, number)
     decision, decided_here = registry.settle(
         version,
         registrant,
-        lambda: registry.gate(version.version, candidate.day, load_evaluation_set(), tolerance, registrant),
+        lambda: registry.gate(number, candidate.day, load_evaluation_set(), tolerance, registrant),
     )
     champion = registry.champion()
-    status = decision.status if decided_here else Status.REUSED
-    reason = decision.reason if decided_here else f"decided by run {decision.decided_by}: {decision.reason}"
+    mine = decided_here or decision.decided_by == registrant  # a step retry of the deciding run
+    status = decision.status if mine else Status.REUSED
+    reason = decision.reason if mine else f"decided by run {decision.decided_by}: {decision.reason}"
     return DayOutcome(
         day=candidate.day,
         status=status,

@@ -11,6 +11,7 @@ the answers. The pairs are then scored in slices of whole users
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -110,23 +111,60 @@ def in_batches(ids: np.ndarray, batch: int) -> Iterator[np.ndarray]:
         yield ids[start : start + batch]
 
 
-def join_entity_features(pairs: pd.DataFrame, features: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """``pairs`` (row order kept) with the feature columns of each entity joined on its key.
-
-    ``features[key]`` holds one row per id of ``key`` (extra columns such as
-    ``event_timestamp`` are dropped); ids without a row get nulls, as a per-pair
-    lookup would return. Equivalent to one feature row per (user, item) pair.
-    """
-    parts = [pairs.reset_index(drop=True)]
-    for key, frame in features.items():
-        cols = [c for c in frame.columns if "__" in c]
-        table = frame.drop_duplicates(key).set_index(key)[cols]
-        joined = table.reindex(pairs[key].to_numpy())
-        parts.append(joined.reset_index(drop=True))
-    return pd.concat(parts, axis=1) if len(parts) > 1 else parts[0]
-
-
 # ------------------------------------------------------------------------------------ scoring
+
+
+@dataclass(frozen=True)
+class FeatureMatrix:
+    """The numeric features of one entity as a matrix, for fast joins onto many pairs.
+
+    Row ``i`` holds the features of ``ids[i]``; a last row of nulls answers ids without
+    features. Non-numeric columns (the ``__date`` audit strings) are left out: they are
+    never model features (:func:`core.training.model_feature_columns`).
+    """
+
+    key: str
+    ids: pd.Index
+    columns: list[str]
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, key: str, frame: pd.DataFrame) -> FeatureMatrix:
+        frame = frame.drop_duplicates(key)
+        cols = [c for c in frame.columns if "__" in c and pd.api.types.is_numeric_dtype(frame[c])]
+        values = np.vstack([frame[cols].to_numpy(dtype="float64", na_value=np.nan), np.full((1, len(cols)), np.nan)])
+        return cls(key, pd.Index(frame[key].to_numpy()), cols, values)
+
+    def take(self, ids: np.ndarray) -> pd.DataFrame:
+        rows = self.ids.get_indexer(ids)  # -1 (unknown id) picks the last row: nulls
+        return pd.DataFrame(self.values[rows], columns=self.columns)
+
+
+def feature_matrices(features: Mapping[str, pd.DataFrame]) -> list[FeatureMatrix]:
+    """One :class:`FeatureMatrix` per entity key of a :func:`lookup_entities` answer."""
+    return [FeatureMatrix.of(key, frame) for key, frame in features.items()]
+
+
+def join_entity_features(
+    pairs: pd.DataFrame, features: Mapping[str, pd.DataFrame] | Sequence[FeatureMatrix]
+) -> pd.DataFrame:
+    """``pairs`` (row order kept, fresh index) with the numeric features of each entity joined on its key.
+
+    Ids without a feature row get nulls, as a per-pair lookup returns them: the result holds,
+    for every pair, the values one Feast row per (user, item) pair would hold (as float64).
+    """
+    matrices = feature_matrices(features) if isinstance(features, Mapping) else list(features)
+    base = pairs.reset_index(drop=True)
+    parts = [base] + [m.take(base[m.key].to_numpy()) for m in matrices]
+    return pd.concat(parts, axis=1) if matrices else base
+
+
+def with_timestamps(items: pd.DataFrame, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Catalogues whose dates are parsed once (UTC midnight), as :func:`add_context_features` parses
+    them per row: the same values, without parsing one date string per candidate pair."""
+    items = items.assign(release_date=pd.to_datetime(items["release_date"], utc=True))
+    users = users.assign(signup_date=pd.to_datetime(users["signup_date"], utc=True))
+    return items, users
 
 
 def user_slices(pairs: pd.DataFrame, max_rows: int) -> Iterator[pd.DataFrame]:
@@ -155,23 +193,19 @@ def model_scores(
     items: pd.DataFrame,
     users: pd.DataFrame,
     as_of: pd.Timestamp,
-    entity_features: Mapping[str, pd.DataFrame] | None = None,
+    matrices: Sequence[FeatureMatrix] = (),
 ) -> pd.DataFrame:
-    """``user_id, item_id, score`` of candidate pairs with the ranker; features are the pairs'
-    own columns, or joined from ``entity_features``, plus the context features of ``as_of``."""
+    """``user_id, item_id, score`` of candidate pairs: the entity features joined from ``matrices``
+    (or the pairs' own feature columns), plus the context features of ``as_of``, scored by the model."""
     from streamrec_assets.core.ranking import score
     from streamrec_assets.core.training import add_context_features
 
-    feats = join_entity_features(pairs, entity_features) if entity_features is not None else pairs
-    feats = add_context_features(feats, items, users, as_of)
-    return pd.DataFrame(
-        {"user_id": feats["user_id"].to_numpy(), "item_id": feats["item_id"].to_numpy(),
-         "score": score(model_bytes, feats)}
-    )
+    feats = add_context_features(join_entity_features(pairs, matrices), items, users, as_of)
+    return feats[["user_id", "item_id"]].assign(score=score(model_bytes, feats))
 
 
 def top_recommendations(scored: pd.DataFrame, cands: pd.DataFrame, k: int = TOP_K) -> pd.DataFrame:
-    """Top ``k`` of each user by score (ties: smaller ``item_id``): ``user_id, rank, item_id, score, candidate_source``."""
+    """Top ``k`` of each user by score (ties: smaller ``item_id``): ``user_id, item_id, rank, score, candidate_source``."""
     from streamrec_assets.core.metrics import rank_by_score
 
     top = rank_by_score(scored[["user_id", "item_id", "score"]], k)
@@ -193,20 +227,19 @@ def recommend(
     """Top-``k`` recommendations of every user of ``cands`` (``user_id, item_id, source``, sorted by user).
 
     Without a model, the retrieval order. With one, every pair is scored in slices of
-    whole users (``slice_rows`` pairs), with the features of ``entity_features`` (one
-    frame per entity key, from :func:`lookup_entities`) joined onto each slice.
+    whole users (``slice_rows`` pairs), the features of ``entity_features`` (one frame
+    per entity key, from :func:`lookup_entities`) joined onto each slice. The result
+    equals scoring one feature row per pair at once (see tests/test_serving.py).
     """
-    if model_bytes is None:
+    if model_bytes is None or cands.empty:
         return top_recommendations(retrieval_order_scores(cands), cands, k)
+    matrices = feature_matrices(entity_features or {})
+    items, users = with_timestamps(items, users)
     tops = [
-        top_recommendations(
-            model_scores(part[["user_id", "item_id"]], model_bytes, items, users, as_of, entity_features or {}),
-            part, k,
-        )
+        top_recommendations(model_scores(part[["user_id", "item_id"]], model_bytes, items, users, as_of, matrices),
+                            part, k)
         for part in user_slices(cands, slice_rows)
     ]
-    if not tops:
-        return top_recommendations(retrieval_order_scores(cands), cands, k)
     return pd.concat(tops, ignore_index=True)
 
 
