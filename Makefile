@@ -39,6 +39,7 @@ dev: setup  ## the Dagster UI on http://127.0.0.1:3000 (state under $$STREAMREC_
 	@mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster instance concurrency set training 1 >/dev/null
 	$(BIN)/dagster instance concurrency set feature_store 2 >/dev/null
+	$(BIN)/dagster instance concurrency set registry 1 >/dev/null
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 mlflow-ui: setup  ## the MLflow UI on the demo's store, http://127.0.0.1:5000

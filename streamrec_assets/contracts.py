@@ -3,8 +3,9 @@
 Every table an asset writes has a schema here. Assets validate their output
 with :func:`validate` and report the result as a blocking asset check, so a
 broken contract stops everything downstream. The record-level schema of the
-landing zone (:func:`raw_event_record_schema`) is what ingest uses to decide,
-row by row, which records go to the dead-letter queue.
+landing zone (:func:`raw_event_record_schema`) states which typed records are
+valid; ingest applies the same checks columnar (:mod:`streamrec_assets.core.ingest`,
+whose ``REASON_ORDER`` says which reason wins), and the tests hold the two together.
 
 Imported lazily (pandera is a heavy import); never at code-location load.
 """
@@ -21,7 +22,11 @@ EVENT_TYPES = ("impression", "play")
 TIMESTAMP = pd.DatetimeTZDtype(unit="us", tz="UTC")
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 
-#: Row-level reasons a landing record is rejected, keyed by (column, check name).
+#: Row-level reasons a landing record is rejected, keyed by the (column, check name) of
+#: :func:`raw_event_record_schema` that states them. The reasons found before typing
+#: (line_too_long, invalid_utf8, malformed_json, invalid_type:<field>) and duplicates have
+#: no check here; ``streamrec_assets.core.ingest.REASON_ORDER`` lists them all, in the
+#: order in which the first one that applies wins.
 REASONS: dict[tuple[str | None, str], str] = {
     ("event_id", "not_nullable"): "missing_field:event_id",
     ("user_id", "not_nullable"): "missing_field:user_id",
@@ -45,7 +50,10 @@ def _date_col(**kw) -> pa.Column:
 
 
 def raw_event_record_schema(day: str, user_ids: Iterable[int], item_ids: Iterable[int]) -> pa.DataFrameSchema:
-    """Contract of one landing record after type coercion, for partition ``day``."""
+    """Contract of one landing record after typing (nullable dtypes), for partition ``day``.
+
+    The declarative statement of the checks that :func:`streamrec_assets.core.ingest.ingest_day`
+    applies columnar; a test validates ingest's output and single-fault records against it."""
     start = pd.Timestamp(day, tz="UTC")
     end = start + pd.Timedelta(days=1)
     users = pd.Index(pd.unique(pd.Series(list(user_ids), dtype="int64")))
@@ -101,12 +109,24 @@ raw_events_schema = pa.DataFrameSchema(
     name="raw_events",
 )
 
+
+def _reasons() -> tuple[str, ...]:
+    from streamrec_assets.core.ingest import REASON_ORDER
+
+    return REASON_ORDER
+
+
 raw_events_dlq_schema = pa.DataFrameSchema(
     {
         "date": _date_col(),
-        "line_number": pa.Column("int64", pa.Check.ge(1), nullable=False),
-        "reason": pa.Column(str, nullable=False),
+        "line_number": pa.Column("int64", pa.Check.ge(1), nullable=False, unique=True),
+        "reason": pa.Column(str, pa.Check.isin(_reasons()), nullable=False),
+        # for humans: the line decoded as UTF-8, invalid bytes replaced by U+FFFD
         "raw_line": pa.Column(str, nullable=False),
+        # the exact bytes of the line, newline and trailing \r excluded: enough to re-run the record
+        "raw_bytes": pa.Column(
+            object, pa.Check(lambda v: isinstance(v, bytes), element_wise=True, name="is_bytes"), nullable=False
+        ),
         "event_id": pa.Column(str, nullable=True),
     },
     strict=True,

@@ -186,3 +186,22 @@ def test_generate_regenerates_a_cached_day_whose_file_no_longer_matches(tmp_path
     assert "(cached)" not in out, "a truncated file is not reported as cached"
     assert zone.events_path(DAY).read_bytes() == good
     assert main(args) == 0 and "(cached)" in capsys.readouterr().out
+
+
+def test_undecodable_and_oversized_lines_are_kept_byte_exact_in_the_dlq(zone):
+    settings, instance, landing, store = zone
+    lines = lines_of(landing, DAY)
+    broken = b'{"event_id":"ev-x","user_id":1,"device":"t\xff\xfe"}'
+    huge = b'{"event_id":"ev-huge","pad":"' + b"x" * (2 << 20) + b'"}'
+    lines[5], lines[9] = broken, huge
+    data = gzip.compress(b"\n".join(lines) + b"\n", mtime=0)
+    deliver(landing, DAY, data, Marker(DAY, len(lines), hashlib.sha256(data).hexdigest()))
+    assert ingest(settings, instance).success
+    events, dlq = snapshot(store)
+    assert len(events) + len(dlq) == len(lines), "every landing line is in exactly one table"
+    by_line = dlq.set_index("line_number")
+    assert by_line.loc[6, "reason"] == "invalid_utf8" and bytes(by_line.loc[6, "raw_bytes"]) == broken
+    assert by_line.loc[10, "reason"] == "line_too_long" and bytes(by_line.loc[10, "raw_bytes"]) == huge
+    # Every rejected line can be replayed from the DLQ alone: its bytes are the landing line's bytes.
+    for row in dlq.itertuples():
+        assert bytes(row.raw_bytes) == lines[row.line_number - 1]

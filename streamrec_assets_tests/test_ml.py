@@ -115,7 +115,7 @@ def test_registry_champion_gate_and_lineage(graph_32, client):
     for _, row in registered.iloc[1:].iterrows():
         if row["status"] == "promoted":
             assert row["challenger_ndcg"] >= row["champion_ndcg"] - tol
-        elif row["status"] == "challenger":
+        elif row["status"] == "champion_kept":
             assert row["challenger_ndcg"] < row["champion_ndcg"] - tol
             assert "<" in row["reason"]
 

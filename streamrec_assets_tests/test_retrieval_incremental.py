@@ -167,12 +167,12 @@ def test_pairs_do_span_day_boundaries_in_the_reference(generated):
     assert not np.allclose(merged["score_x"].fillna(0), merged["score_y"].fillna(0))
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(8))
 def test_same_model_on_adversarial_random_plays(seed):
     days = day_range(START, "2026-02-10")
-    events = _random_plays(seed, days, n_users=1 + seed % 5, n_items=2 + seed % 7, per_day=3 + 3 * seed)
+    events = _random_plays(seed, days, n_users=1 + seed % 5, n_items=2 + seed % 7, per_day=3 + 4 * seed)
     daily = _daily(events)
-    for day in ("2026-01-01", "2026-01-02", "2026-01-20", "2026-02-03", "2026-02-11"):
+    for day in ("2026-01-02", "2026-01-20", "2026-02-03", "2026-02-11"):
         for kw in ({}, {"lookahead": 2}, {"lookahead": 1, "max_neighbors": 2}, {"max_history": 2}):
             reference, new = _reference(events, day, **kw), _incremental(daily, day, **kw)
             _assert_same_model(reference, new)
@@ -224,6 +224,40 @@ def test_lookahead_longer_than_the_tables_is_refused():
         train_from_daily([], *(lambda d: None,) * 3, "2025-12-31", WINDOW, lookahead=LOOKAHEAD + 1)
 
 
+def test_aggregates_that_disagree_fail_as_a_data_error():
+    from streamrec_assets.errors import PersistentDataError
+
+    daily = _daily(_plays([("2026-01-01", 1, 10, 1), ("2026-01-01", 1, 20, 2)]))
+    pairs = daily["2026-01-01"]["pairs"].assign(item_hi=99)  # an item nobody played
+    with pytest.raises(PersistentDataError, match="daily_coplay_pairs"):
+        train_from_daily(["2026-01-01"], lambda d: daily[d]["history"], lambda d: pairs,
+                         lambda d: daily[d]["edges"], "2026-01-01", WINDOW)
+
+
+def test_window_cache_reads_each_day_once_within_its_budget():
+    from streamrec_assets.assets.retrieval import _WindowCache
+
+    class Reader:
+        reads: list[str] = []
+
+        def read(self, day, columns):
+            self.reads.append(day)
+            return pd.DataFrame({"x": np.zeros(100, "int64")})  # 800 bytes
+
+    reader = Reader()
+    cache = _WindowCache(reader, ["x"], budget=3 * 800)
+    for day in ("01", "02", "03", "02", "03", "04", "02"):
+        cache(day)
+    assert reader.reads == ["01", "02", "03", "04"]  # 04 pushed out 01, the oldest day
+    assert cache.bytes <= 3 * 800 and sorted(cache.frames) == ["02", "03", "04"]
+    assert len(cache("01")) == 100 and reader.reads[-1] == "01"  # older than all kept: read, not kept
+    assert sorted(cache.frames) == ["02", "03", "04"]
+    cache.forget_before("04")
+    assert sorted(cache.frames) == ["04"] and cache.bytes == 800
+    nothing = _WindowCache(reader, ["x"], budget=0)
+    assert len(nothing("05")) == 100 and not nothing.frames
+
+
 # ------------------------------------------------------------------------------------ Dagster
 
 
@@ -258,7 +292,7 @@ def test_assets_over_a_range_match_the_reference(tmp_path, generated):
     from streamrec_assets.resources import Storage
 
     days, events, _ = generated
-    days = [d for d in days if d <= "2026-02-01"]
+    days = [d for d in days if d <= "2026-01-10"]  # partial windows; full ones are covered above
     storage = Storage(base_uri=str(tmp_path / "storage"))
     _seed_raw_events(storage.base_uri, events[events["date"].isin(days)])
     raw_events = dg.AssetSpec("raw_events", partitions_def=daily_partitions)
@@ -274,7 +308,7 @@ def test_assets_over_a_range_match_the_reference(tmp_path, generated):
     checks = result.get_asset_check_evaluations()
     assert {c.asset_key.to_user_string() for c in checks} == set(COPLAY_ASSETS)
     assert all(c.passed for c in checks)
-    for day in (days[0], "2026-01-15", days[-1]):
+    for day in (days[0], "2026-01-02", "2026-01-06", days[-1]):
         _assert_same_model(_reference(events, day), load_retrieval(storage, day))
         manifest = json.loads(storage.read_bytes("retrieval_model", day, "manifest.json"))
         assert manifest["aggregate_days_read"] == len([d for d in window_days(day, WINDOW, end_offset=-1)

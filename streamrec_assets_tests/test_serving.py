@@ -14,6 +14,7 @@ import pytest
 
 from streamrec_assets.core.metrics import rank_by_score
 from streamrec_assets.core.serving import (
+    feature_source,
     join_entity_features,
     lookup_entities,
     recommend,
@@ -178,6 +179,13 @@ def test_without_a_model_recommendations_keep_the_retrieval_order():
     assert got["item_id"].tolist() == expected["item_id"].tolist()
     assert got["candidate_source"].tolist() == expected["source"].tolist()
     assert got["score"].tolist() == retrieval_order_scores(expected)["score"].tolist()
+
+
+def test_feature_source_online_for_the_newest_feature_day_offline_for_backfills():
+    assert feature_source(True, "2026-01-10", "2026-01-10") == "online"
+    assert feature_source(True, "2026-01-09", "2026-01-10") == "offline"
+    assert feature_source(True, "2026-01-09", None) == "offline"
+    assert feature_source(False, "2026-01-10", "2026-01-10") == "none"
 
 
 # ------------------------------------------------------------------------------ integration

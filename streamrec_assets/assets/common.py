@@ -239,11 +239,23 @@ def _summary(per_day: dict[str, dict[str, Any]], days: Sequence[str]) -> dict[st
     if rows:
         metadata["dagster/row_count"] = int(rows.get(days[-1], 0))
     metadata["partitions_written"] = len(per_day)
-    if len(per_day) > 1:
+    if len(per_day) > 1:  # every day's figures (scalars only: no schema or preview per day)
         metadata["per_day"] = dg.MetadataValue.json(
-            {d: {k: _jsonable(v) for k, v in m.items()} for d, m in per_day.items()}
+            {d: {k: _jsonable(v) for k, v in m.items() if _is_figure(v)} for d, m in per_day.items()}
         )
     return metadata
+
+
+def _is_figure(value: Any) -> bool:
+    """A number, string or flag (what a per-day table of figures holds)."""
+    import numpy as np
+
+    if isinstance(value, dg.MetadataValue) and not isinstance(
+        value, dg.IntMetadataValue | dg.FloatMetadataValue | dg.TextMetadataValue | dg.BoolMetadataValue
+    ):
+        return False  # markdown previews, schemas, JSON blobs
+    value = getattr(value, "value", value)
+    return value is None or isinstance(value, int | float | str | bool | np.generic)
 
 
 def _jsonable(value: Any) -> Any:

@@ -61,6 +61,40 @@ def load_retrieval(storage: Storage, day: str):
     return RetrievalModel.from_frames(frames, manifest["trained_through"], manifest["window_days"])
 
 
+#: The window's daily aggregates kept in memory while a range walks forward (at most this many bytes
+#: for the three tables together); a single-day step keeps none.
+AGGREGATE_CACHE_BYTES = 256 * 2**20
+
+
+class _WindowCache:
+    """Reads one day of an aggregate at a time, keeping the newest days read within a byte budget.
+
+    Consecutive days of a range share 27 of their 28 window days: what fits in the budget is
+    read once per range instead of once per day. Memory stays bounded by the window's
+    aggregates and by ``budget`` (when the window does not fit, the newest days are kept).
+    """
+
+    def __init__(self, reader: PartitionReader, columns, budget: int = AGGREGATE_CACHE_BYTES):
+        self.reader, self.columns, self.budget = reader, list(columns), budget
+        self.frames: dict[str, pd.DataFrame] = {}
+        self.bytes = 0
+
+    def forget_before(self, day: str) -> None:
+        for old in [d for d in self.frames if d < day]:
+            self.bytes -= int(self.frames.pop(old).memory_usage(index=False).sum())
+
+    def __call__(self, day: str) -> pd.DataFrame:
+        frame = self.frames.get(day)
+        if frame is None:
+            frame = self.reader.read(day, self.columns)
+            self.frames[day] = frame
+            self.bytes += int(frame.memory_usage(index=False).sum())
+            while self.bytes > self.budget and self.frames:
+                oldest = min(self.frames)
+                self.bytes -= int(self.frames.pop(oldest).memory_usage(index=False).sum())
+        return frame
+
+
 def _play_events(raw_events: PartitionReader, day: str):
     """The plays of one day (user_id, item_id, event_timestamp), filtered in Arrow before pandas."""
     import pyarrow.compute as pc
@@ -156,21 +190,30 @@ def retrieval_model(
     from streamrec_assets.core.metrics import recall_at_k
     from streamrec_assets.core.retrieval import candidates
 
+    budget = AGGREGATE_CACHE_BYTES // 3 if len(context.partition_keys) > 1 else 0
+    caches = {
+        "history": _WindowCache(history, HISTORY_READ, budget),
+        "pairs": _WindowCache(pairs, PAIRS_READ, budget),
+        "edges": _WindowCache(edges, EDGES_READ, budget),
+    }
+
     def compute(day: str) -> DayResult:
         window = [d for d in window_days(day, RETRIEVAL_WINDOW_DAYS, end_offset=-1) if d in history.days]
+        for cache in caches.values():
+            cache.forget_before(window[0] if window else day)
         stats: dict = {}
         model = train_from_daily(
             window,
-            read_history=lambda d: history.read(d, HISTORY_READ),
-            read_pairs=lambda d: pairs.read(d, PAIRS_READ),
-            read_edges=lambda d: edges.read(d, EDGES_READ),
+            read_history=caches["history"],
+            read_pairs=caches["pairs"],
+            read_edges=caches["edges"],
             trained_through=day_offset(day, -1),
             window_days=RETRIEVAL_WINDOW_DAYS,
             stats=stats,
         )
         plays_in_window = int(stats["plays_in_window"])
         frames = model.to_frames()
-        today = history.read(day, ["user_id", "item_id"]).assign(relevance=1)
+        today = caches["history"](day)[["user_id", "item_id"]].assign(relevance=1)  # D's distinct plays
         recall = float("nan")
         if len(model.popularity) and len(today):
             cands = candidates(model, today["user_id"].unique(), n=N_CANDIDATES)

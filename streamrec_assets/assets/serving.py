@@ -17,7 +17,7 @@ from pydantic import Field
 from streamrec_assets.assets.common import DayResult, contract_check_spec, day_metadata, run_days
 from streamrec_assets.assets.retrieval import N_CANDIDATES
 from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
-from streamrec_assets.core.serving import NONE, OFFLINE, ONLINE, TOP_K
+from streamrec_assets.core.serving import OFFLINE, ONLINE, TOP_K
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import FeastResource, MLflowResource, Storage
 from streamrec_assets.storage import PartitionReader
@@ -66,6 +66,7 @@ def batch_recommendations(
 ):
     from streamrec_assets.assets.retrieval import load_retrieval
     from streamrec_assets.core.serving import (
+        feature_source,
         lookup_entities,
         recommend,
         recommendation_table,
@@ -83,13 +84,12 @@ def batch_recommendations(
         events = raw_events.read(day, EVENT_COLUMNS)
         cands, users, as_of = serving_candidates(load_retrieval(storage, day), events, item_catalog, day, N_CANDIDATES)
         t1 = time.perf_counter()
-        source = NONE if model_bytes is None else ONLINE if day == online_day else OFFLINE
+        source = feature_source(model_bytes is not None, day, online_day)
         entity_features = None
-        if source != NONE:
-            # A backfilled day: the online store holds newer values, so read the same features as of
-            # the end of that day from the offline store (identical values, see the skew test).
-            lookup = _online_lookup(store, config.batch_rows) if source == ONLINE else _offline_lookup(store, as_of)
-            entity_features = lookup_entities(cands, refs, lookup)
+        if source == ONLINE:
+            entity_features = lookup_entities(cands, refs, _online_lookup(store, config.batch_rows))
+        elif source == OFFLINE:
+            entity_features = lookup_entities(cands, refs, _offline_lookup(store, as_of))
         t2 = time.perf_counter()
         top = recommend(cands, model_bytes, item_catalog, user_catalog, as_of, entity_features, TOP_K,
                         config.score_rows)

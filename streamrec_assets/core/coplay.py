@@ -175,7 +175,12 @@ def _day_edges(user: np.ndarray, item: np.ndarray, n: int, lookahead: int) -> pd
 
 
 class _PairCounts:
-    """Integer pair counts per distance, keyed by ``lo_code * n + hi_code``, compacted as they grow."""
+    """Integer pair counts per distance, keyed by ``lo_code * n + hi_code``.
+
+    ``keys`` is sorted and unique; a day's counts of known pairs are added in place, new
+    pairs wait in ``pending`` and are merged in when they outgrow the known ones, so the
+    work per day grows with the day's pairs and the memory with the window's.
+    """
 
     def __init__(self, n_items: int, lookahead: int):
         self.n = np.int64(max(n_items, 1))
@@ -187,35 +192,53 @@ class _PairCounts:
         self.peak_rows = 0
 
     def add(self, lo: np.ndarray, hi: np.ndarray, counts: np.ndarray) -> None:
-        """Add counts (rows of ``lookahead`` columns) of the code pairs ``lo < hi``."""
+        """Add counts (rows of ``lookahead`` columns) of the code pairs ``lo < hi``, each pair once."""
+        counts = counts.astype(COUNT_DTYPE, copy=False)
         nonzero = counts.any(axis=1)  # a shorter lookahead than the tables': drop pairs seen only farther apart
         if not nonzero.all():
             lo, hi, counts = lo[nonzero], hi[nonzero], counts[nonzero]
         if len(lo) == 0:
             return
-        self.pending.append((lo.astype("int64") * self.n + hi.astype("int64"), counts.astype(COUNT_DTYPE)))
-        self.pending_rows += len(lo)
-        self.peak_rows = max(self.peak_rows, len(self.keys) + self.pending_rows)
-        if self.pending_rows > max(len(self.keys), _COMPACT_MIN_ROWS):
-            self.compact()
+        keys = lo.astype("int64") * self.n + hi.astype("int64")
+        if len(self.keys):
+            at = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
+            known = self.keys[at] == keys
+            self.counts[at[known]] += counts[known]  # unique keys: no index repeats
+            keys, counts = keys[~known], counts[~known]
+        if len(keys):
+            self.pending.append((keys, counts))
+            self.pending_rows += len(keys)
+            self.peak_rows = max(self.peak_rows, len(self.keys) + self.pending_rows)
+            if self.pending_rows > max(len(self.keys), _COMPACT_MIN_ROWS):
+                self.compact()
 
-    def add_at_distance(self, lo: np.ndarray, hi: np.ndarray, d: int) -> None:
-        counts = np.zeros((len(lo), self.lookahead), COUNT_DTYPE)
-        counts[:, d - 1] = 1
-        self.add(lo, hi, counts)
+    def add_at_distances(self, lo: np.ndarray, hi: np.ndarray, distance: np.ndarray) -> None:
+        """Add one count for each ``(lo, hi)`` code pair at its ``distance`` (repeats allowed)."""
+        if len(lo) == 0:
+            return
+        L = np.int64(self.lookahead)
+        cell, n = np.unique((lo.astype("int64") * self.n + hi.astype("int64")) * L + (distance - 1),
+                            return_counts=True)
+        keys, inverse = np.unique(cell // L, return_inverse=True)
+        counts = np.zeros((len(keys), self.lookahead), COUNT_DTYPE)
+        counts[inverse, cell % L] = n
+        self.add(keys // self.n, keys % self.n, counts)
 
     def compact(self) -> None:
+        """Merge the pending new pairs (disjoint from the known ones) into ``keys``."""
         if not self.pending:
             return
-        keys = np.concatenate([self.keys, *(k for k, _ in self.pending)])
-        counts = np.concatenate([self.counts, *(c for _, c in self.pending)])
+        keys = np.concatenate([k for k, _ in self.pending])
+        counts = np.concatenate([c for _, c in self.pending])
         self.pending, self.pending_rows = [], 0
-        self.keys, inverse = np.unique(keys, return_inverse=True)
-        summed = np.zeros((len(self.keys), self.lookahead), COUNT_DTYPE)
+        keys, inverse = np.unique(keys, return_inverse=True)
+        summed = np.zeros((len(keys), self.lookahead), COUNT_DTYPE)
         for j in range(self.lookahead):
             # bincount sums in float64: exact for counts below 2**53
-            summed[:, j] = np.bincount(inverse, weights=counts[:, j], minlength=len(self.keys)).astype(COUNT_DTYPE)
-        self.counts = summed
+            summed[:, j] = np.bincount(inverse, weights=counts[:, j], minlength=len(keys)).astype(COUNT_DTYPE)
+        keys = np.concatenate([self.keys, keys])
+        order = np.argsort(keys, kind="stable")  # two sorted runs: a merge
+        self.keys, self.counts = keys[order], np.concatenate([self.counts, summed])[order]
 
     def scores(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(lo_code, hi_code, score)`` with ``score = Σ_d count_d / d`` summed in the reference's order."""
@@ -240,7 +263,11 @@ class _Carry:
         L = self.lookahead
         if len(user) == 0:
             return
-        day_users, inverse = np.unique(user, return_inverse=True)
+        if np.all(user[1:] >= user[:-1]):  # the daily table is sorted by user: no sort needed
+            starts = np.r_[True, user[1:] != user[:-1]]
+            day_users, inverse = user[starts], np.cumsum(starts) - 1
+        else:
+            day_users, inverse = np.unique(user, return_inverse=True)
         n_today = np.zeros(len(day_users), "int64")
         n_today[inverse] = pos.astype("int64") + rpos.astype("int64") + 1
         head = np.full((len(day_users), L), -1, "int64")
@@ -257,13 +284,16 @@ class _Carry:
         carried[found] = self.items[at[found]]
 
         # Pairs across the boundary: carried age a, today's position p, distance a + p + 1.
+        lo, hi, dist = [], [], []
         for a in range(L):
             x = carried[:, a]
             for p in range(L - a):
                 y = head[:, p]
                 ok = (x >= 0) & (y >= 0) & (x != y)
-                if ok.any():
-                    pairs.add_at_distance(np.minimum(x[ok], y[ok]), np.maximum(x[ok], y[ok]), a + p + 1)
+                lo.append(np.minimum(x[ok], y[ok]))
+                hi.append(np.maximum(x[ok], y[ok]))
+                dist.append(np.full(int(ok.sum()), a + p + 1, "int64"))
+        pairs.add_at_distances(np.concatenate(lo), np.concatenate(hi), np.concatenate(dist))
 
         # New carry of today's users: the day's last plays, then older carried ones if the day was short.
         new = tail
@@ -283,7 +313,6 @@ class _RecentHistory:
 
     def __init__(self, max_history: int):
         self.max_history = max_history
-        self.parts: list[pd.DataFrame] = []
         self.state = pd.DataFrame({"user_id": pd.Series(dtype="int64"), "item_id": pd.Series(dtype="int64"),
                                    "t": pd.Series(dtype="int64"), "plays": pd.Series(dtype="int64")})
 
@@ -361,7 +390,7 @@ def train_from_daily(
         recent.add_day(
             h["user_id"].to_numpy().astype("int64", copy=False),
             h["item_id"].to_numpy().astype("int64", copy=False),
-            _ts_int(pd.to_datetime(h["last_played"], utc=True)),
+            _ts_int(_utc(h["last_played"])),
             plays,
         )
         day_pop = pd.Series(plays).groupby(h["item_id"].to_numpy().astype("int64", copy=False)).sum()
@@ -421,15 +450,21 @@ def train_from_daily(
     )
 
 
+def _utc(ts: pd.Series) -> pd.Series:
+    return ts if isinstance(ts.dtype, pd.DatetimeTZDtype) else pd.to_datetime(ts, utc=True)
+
+
 def _codes(universe: np.ndarray, ids: np.ndarray, day: str, table: str) -> np.ndarray:
     ids = ids.astype("int64", copy=False)
     at = np.searchsorted(universe, ids).clip(max=max(len(universe) - 1, 0))
     if len(ids) and (len(universe) == 0 or not np.array_equal(universe[at], ids)):
-        raise ValueError(f"daily co-visitation {table} of {day} name items without plays in the window's history")
+        from streamrec_assets.errors import PersistentDataError
+
+        raise PersistentDataError(
+            f"daily_coplay_{table} [{day}] names items that daily_coplay_history has no plays of in the "
+            "window: the daily aggregates disagree; re-materialise daily_coplay for that day.",
+            asset=f"daily_coplay_{table}",
+            partition=day,
+        )
     return at.astype("int64")
-
-
-def read_columns(frame_reader: Callable[[str, Sequence[str]], pd.DataFrame], columns: Sequence[str]):
-    """``day -> frame`` reading only ``columns`` (adapts a ``PartitionReader.read``)."""
-    return lambda day: frame_reader(day, list(columns))
 

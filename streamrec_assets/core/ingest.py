@@ -76,7 +76,6 @@ EVENT_FIELDS = (
     "device",
     "session_id",
 )
-EVENT_TYPES = ("impression", "play")
 STRING_FIELDS = ("event_id", "event_type", "device", "session_id")
 ID_FIELDS = ("user_id", "item_id")
 DLQ_COLUMNS = ("date", "line_number", "reason", "raw_line", "raw_bytes", "event_id")
@@ -246,152 +245,281 @@ def _escaped_separators(text: bytes, buf: np.ndarray, starts: np.ndarray) -> np.
 _TIMESTAMP_FAST = (  # the canonical form; pandas and DuckDB read it alike
     r"(19|20|21)[0-9]{2}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?Z"
 )
-# what DuckDB renders a JSON number as (NaN, Infinity and raw big numbers included)
-_NUMBER_LOOK = r"-?([0-9][0-9.eE+-]*|[nN][aA][nN]|[iI][nN][fF]([iI][nN][iI][tT][yY])?)"
+# What DuckDB renders a JSON number as, once read as VARCHAR (NaN, Infinity, raw big numbers).
+_NUMBER_LOOK = r"^-?(?:[0-9][0-9.eE+-]*|[nN][aA][nN]|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)$"
 _TEXT_FIELDS = (*STRING_FIELDS, "event_timestamp")  # read as VARCHAR
-_NUMBER_FIELDS = (*ID_FIELDS, "watch_seconds")  # read as raw JSON
+_NUMBER_FIELDS = (*ID_FIELDS, "watch_seconds")  # read as DOUBLE, the raw JSON when not a number
 
 
 def _parse_sql() -> str:
-    """One row per input line ``l`` (NULL: not to be parsed) with its index ``i``: a ``flags``
-    word (line state, lax bit, event type, a 2-bit state per field), the expected separator
-    counts and the typed values. DuckDB does not keep the input order here, hence ``i``.
-
-    Text fields are read as VARCHAR: a value that could be the rendering of a non-string
-    (true, false, a container, a number: NaN/Infinity and raw big numbers included) is checked
-    with ``json_type``. Number fields are read as raw JSON, typed by their first character.
-    Costly expressions sit behind CASE, which DuckDB evaluates only for the rows that need it.
-    """
-
-    def any_of(expr: str, *values: object) -> str:  # an IN list may be planned as a join
-        return "(" + " OR ".join(f"{expr} = {v!r}" if isinstance(v, str) else f"{expr} = {v}" for v in values) + ")"
-
-    def count(v: str, ch: str) -> str:
-        return f"(CASE WHEN contains({v}, '{ch}') THEN strlen({v}) - strlen(replace({v}, '{ch}', '')) ELSE 0 END)"
-
+    """DuckDB's share, one row per non-null line ``l`` with its index ``i``: ``ok`` (JSON as
+    DuckDB reads it), the text fields as VARCHAR, the number fields as DOUBLE with
+    ``<field>_raw`` (the raw JSON) when the value is no number, and the timestamp as epoch
+    microseconds when in canonical form, else ``ts_text``. The rest is numpy, far cheaper per
+    row than SQL expressions."""
     struct = "{" + ",".join(f'"{f}":"{"VARCHAR" if f in _TEXT_FIELDS else "JSON"}"' for f in EVENT_FIELDS) + "}"
-    # Layers (one projection each, so that no expression is evaluated twice):
-    # fields -> first characters -> json_type / casts -> states and values -> output.
-    fields = [f"j.{f} AS {f}_{'v' if f in _TEXT_FIELDS else 'r'}" for f in EVENT_FIELDS]
-    firsts = [f"ascii({f}_v) AS {f}_a" for f in _TEXT_FIELDS] + [f"ascii({f}_r) AS {f}_a" for f in _NUMBER_FIELDS]
-    typed, middle, outer, e_colon, e_comma = [], [], [], [], []
-    for f in _TEXT_FIELDS:
-        v, a = f"{f}_v", f"{f}_a"
-        ambiguous = (
-            f"CASE WHEN {v} IS NULL THEN false WHEN {a} = 91 OR {a} = 123 THEN true "
-            f"WHEN {a} = 116 THEN {v} = 'true' WHEN {a} = 102 THEN {v} = 'false' "
-            f"WHEN {a} = 45 OR ({a} >= 48 AND {a} <= 57) OR ({any_of(a, 73, 78, 105, 110)} AND strlen({v}) <= 9) "
-            f"THEN NOT contains({v}, ':') AND regexp_full_match({v}, '{_NUMBER_LOOK}') ELSE false END"
-        )
-        typed.append(f"CASE WHEN {ambiguous} THEN json_type(l, '$.{f}') END AS {f}_t")
-        jt = f"{f}_t"
-        middle.append(f"{v} IS NOT NULL AND coalesce({jt} = 'VARCHAR', true) AS {f}_s")
-        middle.append(
-            f"CASE WHEN {jt} IS NULL THEN false WHEN {jt} = 'ARRAY' OR {jt} = 'OBJECT' THEN true "
-            f"WHEN {jt} = 'DOUBLE' THEN NOT coalesce(isfinite(TRY_CAST({v} AS DOUBLE)), false) ELSE false END AS {f}_lax"
-        )
-    for f in _NUMBER_FIELDS:
-        r, a, d = f"{f}_r", f"{f}_a", f"{f}_d"
-        typed.append(f"CASE WHEN NOT {any_of(a, 34, 116, 102, 91, 123)} THEN TRY_CAST({r} AS DOUBLE) END AS {d}")
-        if f in ID_FIELDS:
-            ok = f"(isfinite({d}) AND {d} = trunc({d}) AND abs({d}) < {float(_MAX_SAFE_INT)})"
-            value = f"CAST({d} AS BIGINT)"
-        else:
-            ok, value = f"isfinite({d})", d
-        middle.append(f"CASE WHEN {r} IS NULL THEN {_NA} WHEN coalesce({ok}, false) THEN {_OK} ELSE {_BAD} END AS {f}_k")
-        # a string may hide separators; containers and NaN/Infinity/overflow: orjson decides
-        middle.append(
-            f"CASE WHEN {r} IS NULL THEN false WHEN {any_of(a, 34, 91, 123)} THEN true WHEN {any_of(a, 116, 102)} "
-            f"THEN false ELSE NOT coalesce(isfinite({d}), false) END AS {f}_lax"
-        )
-        outer.append(f"CASE WHEN {f}_k = {_OK} THEN {value} ELSE 0 END AS {f}")
-    for f in STRING_FIELDS:
-        v = f"{f}_v"
-        middle.append(f"CASE WHEN {v} IS NULL THEN {_NA} WHEN {f}_s AND {v} <> '' THEN {_OK} ELSE {_BAD} END AS {f}_k")
-        outer.append(f"CASE WHEN {f}_k = {_OK} THEN {v} END AS {f}")
-        e_colon.append(f"(CASE WHEN {f}_s THEN {count(v, ':')} ELSE 0 END)")
-        e_comma.append(f"(CASE WHEN {f}_s THEN {count(v, ',')} ELSE 0 END)")
-    ts = "event_timestamp_v"
-    middle.append(
-        f"CASE WHEN {ts} IS NOT NULL AND event_timestamp_t IS NULL AND regexp_full_match({ts}, '{_TIMESTAMP_FAST}') "
-        f"THEN epoch_us(TRY_CAST(left({ts}, -1) AS TIMESTAMP)) END AS ts_fast"
+    reads = [f"j.{f} AS {f}" for f in STRING_FIELDS] + ["hash(j.event_id) AS event_id_hash"]
+    reads += [f"TRY_CAST(CAST(j.{f} AS VARCHAR) AS DOUBLE) AS {f}, j.{f} AS {f}_json" for f in _NUMBER_FIELDS]
+    reads.append(
+        f"CASE WHEN regexp_full_match(j.event_timestamp, '{_TIMESTAMP_FAST}') "
+        "THEN epoch_us(TRY_CAST(left(j.event_timestamp, -1) AS TIMESTAMP)) END AS ts_us, j.event_timestamp AS ts_any"
     )
-    outer.append("coalesce(ts_fast, 0) AS ts_us")
-    outer.append(f"CASE WHEN event_timestamp_k = {_PANDAS} THEN {ts} END AS ts_text")
-    e_colon.append(f"(CASE WHEN ts_fast IS NOT NULL THEN 2 WHEN event_timestamp_s THEN {count(ts, ':')} ELSE 0 END)")
-    e_comma.append(f"(CASE WHEN event_timestamp_k = {_PANDAS} THEN {count(ts, ',')} ELSE 0 END)")
-    k_ts = (
-        f"CASE WHEN {ts} IS NULL THEN {_NA} WHEN NOT event_timestamp_s THEN {_BAD} "
-        f"WHEN ts_fast IS NOT NULL THEN {_OK} ELSE {_PANDAS} END AS event_timestamp_k"
-    )
-
-    state = (
-        f"CASE WHEN ok IS NULL THEN {_SKIPPED} WHEN NOT ok THEN {_UNPARSED} WHEN nn > 0 THEN {_OBJECT} "
-        f"WHEN regexp_matches(l, '^[ \\t\\r\\n]*[{{]') THEN {_OBJECT} ELSE {_NOT_OBJECT} END"
-    )
-    lax = " OR ".join(f"{f}_lax" for f in (*_TEXT_FIELDS, *_NUMBER_FIELDS))
-    etype = "CASE event_type_v WHEN 'impression' THEN 1 WHEN 'play' THEN 2 ELSE 0 END"
-    flags = " + ".join(
-        [state, f"4 * CAST({lax} AS INTEGER)", f"8 * ({etype})"]
-        + [f"{32 * 4**j} * {f}_k" for j, f in enumerate(EVENT_FIELDS)]
-    )
-    present = " + ".join(
-        f"CAST({f}_{'v' if f in _TEXT_FIELDS else 'r'} IS NOT NULL AS INTEGER)" for f in EVENT_FIELDS
-    )
+    out = [*STRING_FIELDS, "event_id_hash", *_NUMBER_FIELDS]
+    out += [f"CASE WHEN {f} IS NULL THEN CAST({f}_json AS VARCHAR) END AS {f}_raw" for f in _NUMBER_FIELDS]
+    out += ["ts_us", "CASE WHEN ts_us IS NULL THEN ts_any END AS ts_text"]
     return f"""
-    SELECT i, CAST({flags} AS INTEGER) AS flags,
-      CAST(nn + {" + ".join(e_colon)} AS INTEGER) AS e_colon,
-      CAST(greatest(nn - 1, 0) + {" + ".join(e_comma)} AS INTEGER) AS e_comma,
-      {", ".join(outer)}
-    FROM (SELECT *, {k_ts} FROM (
-    SELECT *, {", ".join(middle)} FROM (
-    SELECT *, {present} AS nn, {", ".join(typed)} FROM (
-    SELECT *, {", ".join(firsts)} FROM (
-    SELECT i, l, ok, {", ".join(fields)} FROM (
-    SELECT i, l, ok, CASE WHEN ok THEN json_transform(l, '{struct}') END AS j
-    FROM (SELECT i, l, json_valid(l) AS ok FROM lines)))))))
+    SELECT i, ok, {", ".join(out)} FROM (
+    SELECT i, ok, {", ".join(reads)} FROM (
+    SELECT i, ok, CASE WHEN ok THEN json_transform(l, '{struct}') END AS j
+    FROM (SELECT i, json_valid(l) AS ok, l FROM lines)))
     """
 
 
-def _parse(lines: pa.Array) -> tuple[pa.Table, np.ndarray]:
-    """The parsed fields of ``lines`` and, for each line, the row of the table that holds them."""
+def _query(sql: str, lines: pa.Array, index: np.ndarray) -> pa.Table:
+    """``sql`` over the table ``lines`` (``i``: ``index``, ``l``: ``lines``), rows sorted by ``i``."""
     import duckdb
     import pyarrow as pa
 
     con = duckdb.connect()
     try:
-        con.register("lines", pa.table({"i": np.arange(len(lines)), "l": lines}))
-        table = con.sql(_parse_sql()).to_arrow_table()
+        con.register("lines", pa.table({"i": index, "l": lines}))
+        table = con.sql(sql).to_arrow_table()
     finally:
         con.close()
-    row = np.empty(len(lines), np.int64)
-    row[table["i"].to_numpy()] = np.arange(table.num_rows)
-    return table, row
+    got = table["i"].to_numpy()
+    if got.size > 1 and not (np.diff(got) > 0).all():  # DuckDB may hand batches back out of order
+        table = table.take(pa.array(np.argsort(got, kind="stable")))
+    return table
+
+
+@dataclass
+class _Strings:
+    """An Arrow string column in numpy terms."""
+
+    arr: pa.Array
+    valid: np.ndarray
+    offsets: np.ndarray
+    data: np.ndarray
+    lengths: np.ndarray
+    first: np.ndarray  # first byte, -1 when null or empty
+
+    @classmethod
+    def of(cls, column) -> _Strings:
+        import pyarrow as pa
+
+        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        n = len(arr)
+        wide = pa.types.is_large_string(arr.type)
+        buffers = arr.buffers()
+        offsets = np.frombuffer(
+            buffers[1], np.int64 if wide else np.int32, count=n + 1, offset=arr.offset * (8 if wide else 4)
+        ).astype(np.int64)
+        data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        lengths = np.where(valid, np.diff(offsets), 0)
+        first = np.full(n, -1, np.int16)
+        some = lengths > 0
+        first[some] = data[offsets[:-1][some]]
+        return cls(arr, valid, offsets, data, lengths, first)
+
+    def count(self, byte: int) -> np.ndarray:
+        """Occurrences of ``byte`` in each string."""
+        out = np.zeros(self.valid.size, np.int64)
+        lo, hi = (int(self.offsets[0]), int(self.offsets[-1])) if self.valid.size else (0, 0)
+        if bytes((byte,)) not in self.data[lo:hi].tobytes():  # memchr: the usual case
+            return out
+        hits = np.flatnonzero(self.data[lo:hi] == byte) + lo
+        if hits.size:
+            rows = np.searchsorted(self.offsets, hits, side="right") - 1
+            out += np.bincount(rows, minlength=out.size)
+        return np.where(self.valid, out, 0)
+
+    def ambiguous(self) -> np.ndarray:
+        """Values that may be the VARCHAR rendering of a non-string (number, true, false, container)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        f, length = self.first, self.lengths
+        maybe = self.valid & (
+            ((f >= ord("0")) & (f <= ord("9")))
+            | (f == ord("-"))
+            | (f == ord("["))
+            | (f == ord("{"))
+            | ((f == ord("t")) & (length == 4))
+            | ((f == ord("f")) & (length == 5))
+            | (np.isin(f, [ord(c) for c in "INin"]) & (length <= 9))
+        )
+        out = np.zeros(f.size, bool)
+        rows = np.flatnonzero(maybe)
+        if rows.size:
+            sub = self.arr.take(pa.array(rows))
+            hit = pc.or_(pc.match_substring_regex(sub, _NUMBER_LOOK), pc.is_in(sub, value_set=pa.array(["true", "false"])))
+            out[rows] = hit.to_numpy(zero_copy_only=False) | (f[rows] == ord("[")) | (f[rows] == ord("{"))
+        return out
+
+
+@dataclass
+class _Batch:
+    """What DuckDB and numpy made of some lines, one entry per line, in line order."""
+
+    state: np.ndarray  # _OBJECT, _NOT_OBJECT, _UNPARSED, _SKIPPED
+    lax: np.ndarray  # DuckDB may read the line differently from orjson: orjson decides
+    etype: np.ndarray  # 1 impression, 2 play, 0 anything else
+    k: dict[str, np.ndarray]  # per field: _NA, _OK, _BAD, _PANDAS
+    values: dict[str, np.ndarray]  # typed values (strings: object arrays, None unless _OK)
+    e_colon: np.ndarray  # the separators the line has if it holds its fields and nothing else
+    e_comma: np.ndarray
+
+    def assign(self, where: np.ndarray, other: _Batch) -> None:
+        """Overwrite the lines ``where`` with ``other`` (one entry per line of ``where``)."""
+        for name in ("state", "lax", "etype", "e_colon", "e_comma"):
+            getattr(self, name)[where] = getattr(other, name)
+        for group in ("k", "values"):
+            for key, array in getattr(self, group).items():
+                array[where] = getattr(other, group)[key]
+
+
+def _read(lines: pa.Array, first_byte) -> _Batch:
+    """Parse ``lines`` (null: skip) with DuckDB and type every field of every line with numpy.
+
+    ``first_byte(i)``: the first non-whitespace byte of line ``i``, asked only for the lines
+    DuckDB read as JSON without any of the eight fields (``{}``, or not an object)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(lines)
+    table = _query(_parse_sql(), lines, np.arange(n))
+    ok = table["ok"].combine_chunks()
+    state = np.full(n, _OBJECT, np.int8)
+    state[~ok.fill_null(True).to_numpy(zero_copy_only=False)] = _UNPARSED
+    state[~ok.is_valid().to_numpy(zero_copy_only=False)] = _SKIPPED
+    lax = state == _UNPARSED
+    k: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray] = {}
+    present = np.zeros(n, np.int64)
+    e_colon = np.zeros(n, np.int64)
+    e_comma = np.zeros(n, np.int64)
+
+    # Text fields. A value that may be the rendering of a non-string gets its JSON type from DuckDB
+    # (rare: only values starting like a number, true, false or a container).
+    texts = {f: _Strings.of(table[f]) for f in STRING_FIELDS}
+    texts["event_timestamp"] = _Strings.of(table["ts_text"])
+    ambiguous = {f: col.ambiguous() for f, col in texts.items()}
+    asked = np.flatnonzero(np.logical_or.reduce(list(ambiguous.values())))
+    if asked.size:
+        sql = "SELECT i, " + ", ".join(f"json_type(l, '$.{f}') AS {f}" for f in texts) + " FROM lines"
+        types = _query(sql, lines.take(pa.array(asked)), asked)
+    for f, col in texts.items():
+        # low-cardinality columns: one Python string per distinct value
+        strings = col.arr.to_pandas(deduplicate_objects=f in ("event_type", "device")).to_numpy()
+        is_string = col.valid.copy()
+        rows = np.flatnonzero(ambiguous[f])
+        if rows.size:
+            jt = types[f].to_numpy(zero_copy_only=False)[np.searchsorted(asked, rows)]
+            is_string[rows] = jt == "VARCHAR"
+            for row, kind in zip(rows.tolist(), jt.tolist(), strict=True):
+                # containers, NaN/Infinity, overflowing numbers: orjson decides
+                if kind in ("ARRAY", "OBJECT") or (kind == "DOUBLE" and not np.isfinite(float(strings[row]))):
+                    lax[row] = True
+        if f == "event_timestamp":
+            ts = table["ts_us"].combine_chunks()
+            fast = ts.is_valid().to_numpy(zero_copy_only=False)
+            values["ts_us"] = np.array(ts.fill_null(0).to_numpy())  # writable
+            k[f] = np.select([fast, ~col.valid, is_string], [_OK, _NA, _PANDAS], _BAD).astype(np.int8)
+            values["ts_text"] = np.where(is_string, strings, None)
+            present += fast | col.valid
+            e_colon += np.where(fast, 2, 0)
+        else:
+            k[f] = np.select([~col.valid, is_string & (col.lengths > 0)], [_NA, _OK], _BAD).astype(np.int8)
+            values[f] = np.where(k[f] == _OK, strings, None)
+            present += col.valid
+        e_colon += np.where(is_string, col.count(ord(":")), 0)
+        e_comma += np.where(is_string, col.count(ord(",")), 0)
+
+    # Number fields: DOUBLE when DuckDB could cast the raw JSON, else the raw JSON.
+    with np.errstate(invalid="ignore"):
+        for f in _NUMBER_FIELDS:
+            column = table[f].combine_chunks()
+            number = column.is_valid().to_numpy(zero_copy_only=False)
+            x = column.fill_null(0.0).to_numpy()
+            raw = _Strings.of(table[f"{f}_raw"])  # a string, true/false, a container
+            finite = number & np.isfinite(x)
+            lax |= (number & ~finite) | (raw.valid & (raw.first != ord("t")) & (raw.first != ord("f")))
+            if f in ID_FIELDS:
+                good = finite & (x == np.trunc(x)) & (np.abs(x) < _MAX_SAFE_INT)
+                values[f] = np.where(good, x, 0).astype(np.int64)
+            else:
+                good = finite
+                values[f] = np.where(good, x, 0.0)
+            k[f] = np.select([good, number | raw.valid], [_OK, _BAD], _NA).astype(np.int8)
+            present += number | raw.valid
+
+    values["event_id_hash"] = np.array(table["event_id_hash"].fill_null(0).to_numpy())  # DuckDB's: deterministic
+    for line in np.flatnonzero((state == _OBJECT) & (present == 0)):
+        if first_byte(int(line)) != ord("{"):  # JSON, but not an object
+            state[line] = _NOT_OBJECT
+    e_colon += present
+    e_comma += np.maximum(present - 1, 0)
+    event_type = texts["event_type"].arr
+    etype = np.where(pc.equal(event_type, "impression").fill_null(False).to_numpy(zero_copy_only=False), 1, 0)
+    etype = np.where(pc.equal(event_type, "play").fill_null(False).to_numpy(zero_copy_only=False), 2, etype)
+    etype = np.where(k["event_type"] == _OK, etype, 0).astype(np.int8)
+    return _Batch(state, lax, etype, k, values, e_colon, e_comma)
 
 
 def _separator_counts(text: bytes, lines: _Lines, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``:`` and ``,`` in each of the lines ``which`` (whole lines, newline included)."""
-    import duckdb
-    import pyarrow as pa
-
+    """``:`` and ``,`` in each of the lines ``which``."""
     if which.size <= 10_000:
         bounds = zip(lines.offsets[which].tolist(), lines.offsets[which + 1].tolist(), strict=True)
-        pairs = [(text.count(b":", a, b), text.count(b",", a, b)) for a, b in bounds]
-        counts = np.array(pairs, np.int64).reshape(-1, 2)
+        counts = np.array([(text.count(b":", a, b), text.count(b",", a, b)) for a, b in bounds], np.int64)
+        counts = counts.reshape(-1, 2)
         return counts[:, 0], counts[:, 1]
-    offsets = lines.offsets
-    view = pa.Array.from_buffers(pa.large_string(), offsets.size - 1, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
-    con = duckdb.connect()
-    try:
-        con.register("lines", pa.table({"i": np.arange(len(view)), "l": view}).take(which))
-        out = con.sql(
-            "SELECT i, strlen(l) - strlen(replace(l, ':', '')) AS c, strlen(l) - strlen(replace(l, ',', '')) AS k "
-            "FROM lines"
-        ).to_arrow_table()
-    finally:
-        con.close()
-    order = np.argsort(out["i"].to_numpy(), kind="stable")
-    return out["c"].to_numpy()[order], out["k"].to_numpy()[order]
+    buf = np.frombuffer(text, np.uint8)
+    n = lines.starts.size
+    colons, commas = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    step = 1 << 24
+    for a in range(0, buf.size, step):
+        chunk = buf[a : a + step]
+        for byte, total in ((0x3A, colons), (0x2C, commas)):
+            at = np.flatnonzero(chunk == byte) + a
+            total += np.bincount(_line_of(at, lines.starts), minlength=n)
+    return colons[which], commas[which]
+
+
+# JSON as orjson reads it, token by token (DuckDB already checked the grammar): strings, true,
+# false, null, punctuation, numbers right after ``:``, ``[`` or ``,`` with at most 150 digits and
+# an exponent of at most two (no overflow; no number split in two), a comma always followed by
+# a value or a key (no trailing comma). No NaN, no Infinity.
+_WS = r"[ \t\r\n]"
+_STRING = r'"(?:[^"\\]|\\.)*"'
+_NUMBER = r"-?[0-9.]{1,150}(?:[eE][-+]?[0-9]{1,2})?"
+_STRICT_JSON = (
+    rf"(?:{_STRING}|true|false|null|{_WS}|[\]}}]|[:\[{{]{_WS}*{_NUMBER}|[:\[{{]"
+    rf"|,{_WS}*(?:{_STRING}|true|false|null|{_NUMBER}|\[|\{{))*"
+)
+
+
+def _strict(view: pa.Array, rows: np.ndarray) -> np.ndarray:
+    """For the lines ``rows`` of ``view`` (valid JSON objects to DuckDB): True where orjson reads
+    them alike: strict JSON (_STRICT_JSON), a nesting depth far below orjson's 1024, and no
+    repeated top-level key (DuckDB keeps the first, orjson the last)."""
+    import pyarrow as pa
+
+    checks = f"""regexp_full_match(l, '{_STRICT_JSON}')
+        AND (strlen(l) < 2000 OR strlen(l) - strlen(replace(replace(l, '[', ''), '{{', '')) < 1000)
+        AND len(keys) = list_unique(keys)"""
+    if rows.size * 8 < len(view):  # a few lines: copy them
+        sql = f"SELECT i, {checks} AS strict FROM (SELECT i, l, json_keys(l) AS keys FROM lines)"
+        table = _query(sql, view.take(pa.array(rows)), rows)
+        return table["strict"].fill_null(False).to_numpy(zero_copy_only=False)
+    wanted = np.zeros(len(view), bool)
+    wanted[rows] = True
+    lines = pa.Array.from_buffers(  # the same view, with only the wanted lines non-null
+        pa.large_string(), len(view), [pa.py_buffer(np.packbits(wanted, bitorder="little")), *view.buffers()[1:]]
+    )
+    sql = f"SELECT i, {checks} AS strict FROM (SELECT i, l, json_keys(l) AS keys FROM lines)"
+    table = _query(sql, lines, np.arange(len(view)))
+    return table["strict"].fill_null(False).to_numpy(zero_copy_only=False)[rows]
 
 
 def _canonical(line: bytes) -> bytes | None:
@@ -487,7 +615,7 @@ def ingest_day(
     if n == 0:
         return _empty_result(day)
 
-    reason = np.zeros(n, np.int8)  # 0: valid so far, else a code of REASON_ORDER
+    reason = np.zeros(n, np.int8)  # 0: valid so far, else 1 + index in REASON_ORDER
     reason[(ends - starts) > max_line_bytes] = _CODE[LINE_TOO_LONG]
     bad_utf8 = _invalid_utf8_lines(text, buf, starts)
     reason[bad_utf8[reason[bad_utf8] == 0]] = _CODE[INVALID_UTF8]
@@ -496,74 +624,80 @@ def ingest_day(
     # lines already rejected are null, so DuckDB never reads them.
     validity = pa.py_buffer(np.packbits(reason == 0, bitorder="little"))
     view = pa.Array.from_buffers(pa.large_string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(text)])
-    table, source = _parse(view)  # line -> row of ``table``
-    flags = table["flags"].to_numpy()[source]
-    st = flags & 3
-    lax = ((flags >> 2) & 1).astype(bool) | (st == _UNPARSED)
-    lax[_escaped_separators(text, buf, starts)] = True
-    lax &= reason == 0
+
+    def first_byte(i: int) -> int:
+        head = text[starts[i] : ends[i]].lstrip(b" \t\r\n")
+        return head[0] if head else -1
+
+    batch = _read(view, first_byte)
+    lax = batch.lax & (reason == 0)
 
     # A line DuckDB read as an object holding nothing but the eight fields, each once and not
-    # null, without trailing comma, has exactly ``e_colon`` colons and ``e_comma`` commas; any
-    # other object has more. Compare the totals, and count line by line only when they differ.
-    plain = (st == _OBJECT) & ~lax
-    e_colon = table["e_colon"].to_numpy()[source]
-    e_comma = table["e_comma"].to_numpy()[source]
-    others = np.flatnonzero(~plain)
-    other_colons, other_commas = _separator_counts(text, lines, others)
-    exact = (
-        lines.colons - int(other_colons.sum()) == int(e_colon[plain].sum())
-        and lines.commas - int(other_commas.sum()) == int(e_comma[plain].sum())
-    )
+    # null, without trailing comma, has exactly e_colon colons and e_comma commas (unless it
+    # escapes one as \u003a or \u002c); any other object has more. Compare the totals, and count
+    # line by line only when they differ. The lines that differ (extra members, null members,
+    # repeated keys, trailing commas, NaN in an extra member...) are checked by _strict.
+    plain = (batch.state == _OBJECT) & ~lax
+    escaped = np.zeros(n, bool)
+    escaped[_escaped_separators(text, buf, starts)] = True
+    counted = plain & ~escaped
+    others = np.flatnonzero(~counted)
+    exact = False
+    if others.size <= max(1000, n // 20):
+        other_colons, other_commas = _separator_counts(text, lines, others)
+        exact = (
+            lines.colons - int(other_colons.sum()) == int(batch.e_colon[counted].sum())
+            and lines.commas - int(other_commas.sum()) == int(batch.e_comma[counted].sum())
+        )
+    suspect = plain & escaped
     if not exact:
-        which = np.flatnonzero(plain)
-        colons_of, commas_of = _separator_counts(text, lines, which)
-        lax[which[(colons_of != e_colon[which]) | (commas_of != e_comma[which])]] = True
+        which = np.flatnonzero(counted)
+        colons, commas = _separator_counts(text, lines, which)
+        suspect[which[(colons != batch.e_colon[which]) | (commas != batch.e_comma[which])]] = True
+    if suspect.any():
+        rows = np.flatnonzero(suspect)
+        lax[rows[~_strict(view, rows)]] = True
 
-    # Lines DuckDB might read differently from orjson: orjson decides, and its canonical
-    # re-serialisation goes through the same columnar typing.
-    lax_idx = np.flatnonzero(lax)
-    if lax_idx.size:
-        canonical = [_canonical(text[s:e]) for s, e in zip(starts[lax_idx].tolist(), ends[lax_idx].tolist(), strict=True)]
-        malformed = np.fromiter((c is None for c in canonical), bool, lax_idx.size)
-        reason[lax_idx[malformed]] = _CODE[MALFORMED_JSON]
-        redo = lax_idx[~malformed]
+    # orjson decides the lines DuckDB might read differently; its canonical re-serialisation
+    # then goes through the same columnar typing.
+    lax_lines = np.flatnonzero(lax)
+    if lax_lines.size:
+        bounds = zip(starts[lax_lines].tolist(), ends[lax_lines].tolist(), strict=True)
+        canonical = [_canonical(text[a:b]) for a, b in bounds]
+        malformed = np.fromiter((c is None for c in canonical), bool, lax_lines.size)
+        reason[lax_lines[malformed]] = _CODE[MALFORMED_JSON]
+        redo = lax_lines[~malformed]
         if redo.size:
-            again, again_row = _parse(pa.array([c.decode() for c in canonical if c is not None], pa.large_string()))
-            source[redo] = table.num_rows + again_row
-            table = pa.concat_tables([table, again])
-            flags = table["flags"].to_numpy()[source]
-    reason[(reason == 0) & ((flags & 3) != _OBJECT)] = _CODE[MALFORMED_JSON]
+            again = pa.array([c.decode() for c in canonical if c is not None], pa.large_string())
+            batch.assign(redo, _read(again, lambda i: ord("{")))
+    reason[(reason == 0) & (batch.state != _OBJECT)] = _CODE[MALFORMED_JSON]
 
-    etype = (flags >> 3) & 3
-    k = {f: (flags >> (5 + 2 * j)) & 3 for j, f in enumerate(EVENT_FIELDS)}
-    user = table["user_id"].to_numpy()[source]
-    item = table["item_id"].to_numpy()[source]
-    watch = table["watch_seconds"].to_numpy()[source]
-    ts_us = table["ts_us"].to_numpy()[source]
-
-    ts_todo = np.flatnonzero((k["event_timestamp"] == _PANDAS) & (reason == 0))
-    if ts_todo.size:  # timestamps not in the canonical form: pandas decides, as it always did
-        raw_ts = table["ts_text"].take(pa.array(source[ts_todo])).to_pylist()
-        stamps = pd.to_datetime(pd.Series(raw_ts, dtype=object), format="ISO8601", utc=True, errors="coerce")
+    k, values = batch.k, batch.values
+    ts_us = values["ts_us"]
+    pending = np.flatnonzero((k["event_timestamp"] == _PANDAS) & (reason == 0))
+    if pending.size:  # timestamps not in the canonical form: pandas decides, as it always did
+        stamps = pd.to_datetime(
+            pd.Series(values["ts_text"][pending], dtype=object), format="ISO8601", utc=True, errors="coerce"
+        )
         good = stamps.notna().to_numpy()
         micros = np.asarray(stamps.dt.tz_localize(None), dtype="datetime64[us]").view(np.int64)
-        ts_us[ts_todo[good]] = micros[good]
-        k["event_timestamp"][ts_todo] = np.where(good, _OK, _BAD)
+        ts_us[pending[good]] = micros[good]
+        k["event_timestamp"][pending] = np.where(good, _OK, _BAD)
 
     def reject(mask: np.ndarray, why: str) -> None:
         reason[(reason == 0) & mask] = _CODE[why]
 
+    user, item, watch = values["user_id"], values["item_id"], values["watch_seconds"]
     for f in (*STRING_FIELDS, *ID_FIELDS, "watch_seconds", "event_timestamp"):
         reject(k[f] == _BAD, f"invalid_type:{f}")
-    reject((etype == 1) & (k["watch_seconds"] == _OK) & (watch != 0), IMPRESSION_WITH_WATCH_TIME)
+    reject((batch.etype == 1) & (k["watch_seconds"] == _OK) & (watch != 0), IMPRESSION_WITH_WATCH_TIME)
     start = pd.Timestamp(day, tz="UTC").value // 1000
     end = start + 86_400_000_000
     checks = {
         "event_id": None,
         "user_id": ("unknown_user_id", lambda: ~_known(user, _catalogue(user_ids))),
         "item_id": ("unknown_item_id", lambda: ~_known(item, _catalogue(item_ids))),
-        "event_type": ("invalid_event_type", lambda: etype == 0),
+        "event_type": ("invalid_event_type", lambda: batch.etype == 0),
         "event_timestamp": ("timestamp_outside_day", lambda: (ts_us < start) | (ts_us >= end)),
         "watch_seconds": ("negative_watch_seconds", lambda: watch < 0),
         "device": None,
@@ -574,30 +708,25 @@ def ingest_day(
         if check is not None:
             reject((k[f] == _OK) & check[1](), check[0])
 
-    # Python strings for the rows that need them (the valid ones, and the DLQ's event_id).
-    strings = {f: table[f].to_numpy(zero_copy_only=False) for f in STRING_FIELDS}
-    ok_rows = np.flatnonzero(reason == 0)
-    event_ids = strings["event_id"][source[ok_rows]]
-    first = ~pd.Series(event_ids, dtype=object, copy=False).duplicated(keep="first").to_numpy()
-    reason[ok_rows[~first]] = _CODE[DUPLICATE]
-    keep = ok_rows[first]
-    rows = source[keep]
-    valid = _valid_frame(
-        day,
-        {
-            **{f: strings[f][rows] for f in STRING_FIELDS},
-            "user_id": user[keep],
-            "item_id": item[keep],
-            "watch_seconds": watch[keep],
-            "event_timestamp": ts_us[keep],
-        },
-    )
+    # Duplicates of an event_id accepted earlier in the file: equal hashes first (integers, fast),
+    # then the strings themselves for those few lines.
+    accepted = np.flatnonzero(reason == 0)
+    same_hash = pd.Series(values["event_id_hash"][accepted], copy=False).duplicated(keep=False).to_numpy()
+    seen: set[str] = set()
+    for line in accepted[same_hash].tolist():
+        event_id = values["event_id"][line]
+        if event_id in seen:
+            reason[line] = _CODE[DUPLICATE]
+        seen.add(event_id)
+    keep = accepted[reason[accepted] == 0]
+    valid = _valid_frame(day, {f: values["ts_us" if f == "event_timestamp" else f][keep] for f in EVENT_FIELDS})
 
     bad = np.flatnonzero(reason != 0)
-    dlq_ids = np.where(k["event_id"][bad] == _OK, strings["event_id"][source[bad]], None)
     names = np.array(("", *REASON_ORDER), dtype=object)
-    raw = [text[s:e] for s, e in zip(starts[bad].tolist(), ends[bad].tolist(), strict=True)]
-    rejected = _dlq(day, bad + 1, names[reason[bad]], raw, dlq_ids.tolist())
+    raw = [text[a:b] for a, b in zip(starts[bad].tolist(), ends[bad].tolist(), strict=True)]
+    event_ids = values["event_id"][bad]
+    event_ids[reason[bad] <= _CODE[MALFORMED_JSON]] = None  # no record, no event_id
+    rejected = _dlq(day, bad + 1, names[reason[bad]], raw, event_ids.tolist())
     tally = np.bincount(reason[bad], minlength=names.size)
     counts = Counter({names[code]: int(c) for code, c in enumerate(tally) if c})
     assert len(valid) + len(rejected) == n, "every landing record is either valid or rejected"

@@ -80,6 +80,15 @@ def serving_candidates(
     return candidates(retrieval, users, n=n, allowed_items=allowed), users, as_of
 
 
+def feature_source(has_model: bool, day: str, online_day: str | None) -> str:
+    """Where a day's features come from: the online store for the newest feature day; for a
+    backfilled day, whose online values are newer than the day, the offline store as of its end
+    (identical values, see the skew test); ``none`` without a model (retrieval order)."""
+    if not has_model:
+        return NONE
+    return ONLINE if day == online_day else OFFLINE
+
+
 # ---------------------------------------------------------------------------- entity features
 
 
