@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ASSETS = "user_catalog,item_catalog,raw_events,raw_events_dlq,user_daily_activity,item_daily_activity,user_features,item_features"
 ALL_PARTITIONED = (
-    "raw_events raw_events_dlq user_daily_activity item_daily_activity user_features item_features feast_feature_views "
+    "raw_events raw_events_dlq user_daily_activity item_daily_activity daily_coplay_pairs daily_coplay_history "
+    "daily_coplay_edges user_features item_features feast_feature_views "
     "training_examples retrieval_model ranking_model model_evaluation registered_model batch_recommendations"
 ).split()
 

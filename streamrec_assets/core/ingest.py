@@ -406,8 +406,10 @@ def _read(lines: pa.Array, first_byte) -> _Batch:
     texts["event_timestamp"] = _Strings.of(table["ts_text"])
     ambiguous = {f: col.ambiguous() for f, col in texts.items()}
     asked = np.flatnonzero(np.logical_or.reduce(list(ambiguous.values())))
-    if asked.size:
-        sql = "SELECT i, " + ", ".join(f"json_type(l, '$.{f}') AS {f}" for f in texts) + " FROM lines"
+    if asked.size:  # one parse per line for all the paths
+        paths = ", ".join(f"'$.{f}'" for f in texts)
+        columns = ", ".join(f"t[{j + 1}] AS {f}" for j, f in enumerate(texts))
+        sql = f"SELECT i, {columns} FROM (SELECT i, json_type(l, [{paths}]) AS t FROM lines)"
         types = _query(sql, lines.take(pa.array(asked)), asked)
     for f, col in texts.items():
         # low-cardinality columns: one Python string per distinct value
