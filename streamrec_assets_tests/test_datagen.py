@@ -313,14 +313,15 @@ def test_day_independent_of_range(tmp_path):
         == 0
     )
     day = "2026-01-02"
-    assert open(dg.events_path(str(a), day), "rb").read() == open(dg.events_path(str(b), day), "rb").read()
-    assert open(dg.users_path(str(a)), "rb").read() == open(dg.users_path(str(b)), "rb").read()
+    za, zb = Landing(str(a)), Landing(str(b))
+    assert za.events_path(day).read_bytes() == zb.events_path(day).read_bytes()
+    assert za.catalog_path("users").read_bytes() == zb.catalog_path("users").read_bytes()
 
 
 def test_rerun_skips_and_force_regenerates(tmp_path, capsys):
     landing = tmp_path / "landing"
     assert main(_args(landing)) == 0
-    path = dg.events_path(str(landing), "2026-01-01")
+    path = str(Landing(str(landing)).events_path("2026-01-01"))
     mtime = os.stat(path).st_mtime_ns
     capsys.readouterr()
 
@@ -335,11 +336,11 @@ def test_rerun_skips_and_force_regenerates(tmp_path, capsys):
     # changed parameters invalidate the cache
     res = dg.generate(str(landing), "2026-01-01", "2026-01-01", 2000, 8)
     assert not res[0]["skipped"]
-    assert json.loads(open(dg.marker_path(str(landing), "2026-01-01")).read())["params"]["seed"] == 8
+    assert json.loads(open(str(Landing(str(landing)).marker_path("2026-01-01"))).read())["params"]["seed"] == 8
     # a missing data file with a present marker is regenerated
-    os.unlink(dg.events_path(str(landing), "2026-01-02"))
+    os.unlink(str(Landing(str(landing)).events_path("2026-01-02")))
     res = dg.generate(str(landing), "2026-01-02", "2026-01-02", 2000, 7)
-    assert not res[0]["skipped"] and os.path.exists(dg.events_path(str(landing), "2026-01-02"))
+    assert not res[0]["skipped"] and os.path.exists(str(Landing(str(landing)).events_path("2026-01-02")))
 
 
 def test_cli_default_landing_and_bad_range(tmp_path, monkeypatch, capsys):

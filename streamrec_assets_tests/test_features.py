@@ -25,6 +25,7 @@ from streamrec_assets.core.features import (
     user_daily_activity,
 )
 from streamrec_assets.core.ingest import ingest_day
+from streamrec_assets.landing import decompress
 
 FIRST = "2026-01-01"
 N_DAYS = 12
@@ -39,7 +40,7 @@ def _days(n: int, start: str = FIRST) -> list[str]:
 def events(tiny_world) -> pd.DataFrame:
     frames = []
     for day in _days(N_DAYS):
-        data = datagen.generate_day(tiny_world, day, 800, seed=5)
+        data = decompress(datagen.generate_day(tiny_world, day, 800, seed=5))
         frames.append(ingest_day(data, day, tiny_world.users["user_id"], tiny_world.items["item_id"]).valid)
     return pd.concat(frames, ignore_index=True)
 

@@ -41,15 +41,28 @@ cases used to pick one depending on the rest of the file).
 
 How it runs
 -----------
-Line boundaries, UTF-8 validation and the reason logic are numpy over the whole payload; JSON
-is parsed by DuckDB (``json_transform``, all cores) over an Arrow view of the payload (no copy).
-DuckDB's JSON reader is more lenient than RFC 8259 (NaN/Infinity, trailing commas, overflowing
-numbers, first duplicate key wins), so every line whose reading could differ is re-read with
-orjson, one line at a time: lines DuckDB cannot parse, lines where one of the eight fields holds
-a container, a string where a number belongs, or a non-finite number, lines with ``\\u003a`` or
-``\\u002c`` escapes, and lines with members beyond the eight fields (or null members or repeated
-keys), detected by counting ``:`` and ``,``. Records of the usual shape never reach Python one
-by one; only rejects and such unusual lines do.
+Line boundaries, UTF-8 validation and all the reason logic are numpy over the whole payload.
+DuckDB (all cores) parses an Arrow view of the payload (no copy, one element per line):
+``json_valid`` + ``json_transform``, the text fields as VARCHAR, the numbers cast to DOUBLE, the
+canonical timestamps (``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``) to epoch microseconds; pandas parses
+the other timestamp strings, as before.
+
+DuckDB's JSON reader is more lenient than orjson's (NaN/Infinity literals, trailing commas,
+numbers overflowing a double, the first of repeated keys wins), so no line is taken from DuckDB
+unless it provably reads the same:
+
+* a line whose object holds the eight fields and nothing else has a known number of ``:`` and
+  ``,``; totals over the payload prove it for all such lines at once;
+* the other lines (extra or null members, repeated keys, ``\\u003a``/``\\u002c`` escapes) are
+  checked in DuckDB: strict JSON token by token (a regular expression), no repeated key;
+* what is left goes through orjson one line at a time, and its canonical re-serialisation
+  through the same columnar typing: lines DuckDB cannot parse (rejects), lines where one of the
+  eight fields holds a container, a string where a number belongs, NaN or an overflowing
+  number, and lines failing the strict check.
+
+A text value that may be the rendering of another JSON type (``true``, ``12``, ``[...]``) gets
+its type from DuckDB's ``json_type``. Typical days never reach Python one record at a time; only
+rejected lines and such rare shapes do.
 """
 
 from __future__ import annotations
@@ -117,6 +130,7 @@ _OBJECT, _NOT_OBJECT, _UNPARSED, _SKIPPED = 0, 1, 2, 3
 
 _MAX_SAFE_INT = 2**53
 _CHUNK = 1 << 20  # bytes per numpy pass (bounds temporary memory)
+_COUNT_IN_PYTHON = 10_000  # up to this many lines, separators are counted with bytes.count
 
 
 @dataclass
@@ -471,7 +485,7 @@ def _read(lines: pa.Array, first_byte) -> _Batch:
 
 def _separator_counts(text: bytes, lines: _Lines, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``:`` and ``,`` in each of the lines ``which``."""
-    if which.size <= 10_000:
+    if which.size <= _COUNT_IN_PYTHON:
         bounds = zip(lines.offsets[which].tolist(), lines.offsets[which + 1].tolist(), strict=True)
         counts = np.array([(text.count(b":", a, b), text.count(b",", a, b)) for a, b in bounds], np.int64)
         counts = counts.reshape(-1, 2)
@@ -563,6 +577,7 @@ def _known(values: np.ndarray, catalogue: np.ndarray) -> np.ndarray:
 
 
 def _valid_frame(day: str, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """``date`` + EVENT_FIELDS; ids int64, watch_seconds float64, timestamps epoch microseconds."""
     n = len(columns["user_id"])
     ts = pd.Series(np.asarray(columns["event_timestamp"], np.int64).view("datetime64[us]"), copy=False)
     data = {
@@ -570,8 +585,7 @@ def _valid_frame(day: str, columns: dict[str, np.ndarray]) -> pd.DataFrame:
         **{f: columns[f] for f in EVENT_FIELDS},
         "event_timestamp": ts.dt.tz_localize("UTC"),
     }
-    frame = pd.DataFrame({c: data[c] for c in ("date", *EVENT_FIELDS)}, copy=False)
-    return frame.astype({"user_id": "int64", "item_id": "int64", "watch_seconds": "float64"}, copy=False)
+    return pd.DataFrame({c: data[c] for c in ("date", *EVENT_FIELDS)}, copy=False)
 
 
 def _dlq(day: str, line_numbers, reasons, raw: list[bytes], event_ids: list) -> pd.DataFrame:
