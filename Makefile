@@ -48,6 +48,8 @@ mlflow-ui: setup  ## the MLflow UI on the demo's store, http://127.0.0.1:5000
 
 bench: setup  ## benchmarks, printed as ratios against a baseline measured in the same run
 	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_range_memory.py
 	$(BIN)/python benchmarks/bench_storage.py
 
 lint: setup

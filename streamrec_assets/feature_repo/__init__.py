@@ -241,20 +241,33 @@ def write_feature_store_yaml(fs: FeastSettings, path: str) -> str:
     return path
 
 
-def historical_features(store: FeatureStore, entity_df, refs: list[str] | None = None):
+def historical_features(store: FeatureStore, entity_df, refs: list[str] | None = None, *, engine: str = "duckdb"):
     """Point-in-time join: for each row (``user_id``, ``item_id``, ``event_timestamp``), the
-    latest feature rows with ``feature_timestamp <= event_timestamp`` (within the TTL).
+    latest feature rows with ``event_timestamp - TTL <= feature_timestamp <= event_timestamp``.
 
-    Extra columns of ``entity_df`` pass through; the row order is restored. Timestamps
-    are sent as microseconds (Feast's DuckDB store rejects nanoseconds).
+    Extra columns of ``entity_df`` pass through; the row order is kept; ``event_timestamp``
+    comes back as ``datetime64[us, UTC]`` and ``<view>__date`` as 'YYYY-MM-DD' strings.
+
+    ``engine="duckdb"`` (default): the views' definitions come from the Feast registry and
+    DuckDB runs an ASOF JOIN over only the partitions the TTL can reach
+    (:mod:`streamrec_assets.feature_repo.offline`), whatever the views' materialisation
+    state. ``engine="feast"``: Feast's ``get_historical_features`` (reads every partition;
+    fails while a view is being materialised); same values.
     """
     import pandas as pd
 
+    if engine not in ("duckdb", "feast"):
+        raise ValueError(f"Unknown engine {engine!r}: use 'duckdb' or 'feast'.")
     frame = entity_df.copy()
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).astype("datetime64[us, UTC]")
-    frame["_row"] = range(len(frame))
     if frame.empty:
-        return frame.drop(columns="_row")
+        return frame
+    if engine == "duckdb":
+        from streamrec_assets.feature_repo import offline
+
+        return offline.historical_features(store, frame, refs or None, FEATURE_VIEWS).frame
+    frame["_row"] = range(len(frame))
+    # Timestamps are sent as microseconds (Feast's DuckDB store rejects nanoseconds).
     result = store.get_historical_features(
         entity_df=frame, features=refs or feature_refs(store), full_feature_names=True
     ).to_df()
