@@ -243,6 +243,8 @@ def test_reads_while_another_store_is_materialising(handmade):
     baseline = historical_features(get_store(handmade), entity)
 
     writer = get_store(handmade)
+    # A first materialisation makes the views AVAILABLE_ONLINE (fresh views skip the MATERIALIZING state).
+    writer.materialize(start_date=datetime(2026, 1, 1, tzinfo=UTC), end_date=datetime(2026, 1, 6, tzinfo=UTC))
     entered, release, errors = threading.Event(), threading.Event(), []
     original = writer.registry.apply_feature_view
 
@@ -259,13 +261,15 @@ def test_reads_while_another_store_is_materialising(handmade):
             writer.materialize(start_date=datetime(2026, 1, 1, tzinfo=UTC), end_date=datetime(2026, 1, 12, tzinfo=UTC))
         except Exception as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
-            entered.set()
+        finally:
+            entered.set()  # never wait for a hold that did not happen
 
     thread = threading.Thread(target=materialise)
     thread.start()
     try:
         assert entered.wait(60)
         assert not errors, errors
+        assert thread.is_alive(), "the materialisation is held while the views are MATERIALIZING"
         reader = get_store(handmade)
         states = {fv.name: fv.state for fv in reader.registry.list_feature_views(reader.project, allow_cache=False)}
         assert FeatureViewState.MATERIALIZING in states.values(), states

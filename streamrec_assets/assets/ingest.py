@@ -31,6 +31,7 @@ def _read_catalog(landing: LandingZone, name: str) -> pd.DataFrame:
 @dg.asset(
     group_name=GROUP,
     kinds={"parquet"},
+    backfill_policy=single_run,  # lets `--select '*' --partition-range` include the catalogues
     check_specs=[contract_check_spec("user_catalog")],
     retry_policy=STORAGE_RETRY,
     description="The user dimension (signup date, country) from the landing zone's catalogue export. "
@@ -44,6 +45,7 @@ def user_catalog(context: dg.AssetExecutionContext, landing: LandingZone, storag
 @dg.asset(
     group_name=GROUP,
     kinds={"parquet"},
+    backfill_policy=single_run,
     check_specs=[contract_check_spec("item_catalog")],
     retry_policy=STORAGE_RETRY,
     description="The item dimension (genre, duration, release date) from the landing zone's catalogue export. "

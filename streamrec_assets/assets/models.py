@@ -50,22 +50,35 @@ INSUFFICIENT = "insufficient_history"
     "[D-14, D-2], early-stopped on D-1; saved in XGBoost's UBJSON format. The value is the model card.",
 )
 def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples: PartitionReader):
-    from streamrec_assets.core.ranking import train_ranker
-    from streamrec_assets.core.training import model_feature_columns
+    from streamrec_assets.core.ranking import ranker_features, train_ranker_batches
+    from streamrec_assets.storage import read_parquet_schema
+
+    def footer(d: str) -> tuple[set[str], pd.DataFrame, int]:
+        """A present day's column names, empty frame (dtypes) and row count, from its Parquet footer."""
+        schema = read_parquet_schema(examples.path(d))
+        return set(schema.names), schema.empty_table().to_pandas(), examples.read_arrow(d, columns=[]).num_rows
+
+    def loader(d: str, names: set[str]):
+        """Reads day ``d`` with the asked columns it has, on each XGBoost pass (nothing is held)."""
+        return lambda columns: examples.read(d, [c for c in columns if c in names])
 
     def compute(day: str) -> DayResult:
+        # The window is streamed one day per XGBoost batch, reading only the keys, the label and
+        # the features (core.ranking.train_ranker_batches): memory grows with one day, not 13.
         validation_day = day_offset(day, -1)
-        train = examples.read_days(window_days(day, RANKER_WINDOW_DAYS - 1, end_offset=-2))
-        validation = examples.read(validation_day) if validation_day in examples.days else examples.empty()
+        window = [d for d in window_days(day, RANKER_WINDOW_DAYS - 1, end_offset=-2) if d in examples.present]
+        heads = {d: head for d in window if (head := footer(d))[2]}
+        valid_head = footer(validation_day) if validation_day in examples.present else (set(), pd.DataFrame(), 0)
+        features = ranker_features(frame for _, frame, _ in heads.values())
         card = {
             "date": day,
             "status": INSUFFICIENT,
             "model_uri": "",
             "model_sha256": "",
-            "train_days": int(train["date"].nunique()) if len(train) else 0,
+            "train_days": len(heads),
             "validation_day": validation_day,
-            "train_rows": int(len(train)),
-            "validation_rows": int(len(validation)),
+            "train_rows": int(sum(n for _, _, n in heads.values())),
+            "validation_rows": int(valid_head[2]),
             "best_iteration": -1,
             "validation_ndcg_at_20": float("nan"),
             "features": "[]",
@@ -73,7 +86,15 @@ def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples:
         }
         files: dict[tuple[str, str], bytes] = {}
         try:
-            trained = train_ranker(train, validation, model_feature_columns(train)) if len(train) else None
+            trained = (
+                train_ranker_batches(
+                    [loader(d, names) for d, (names, _, _) in heads.items()],
+                    loader(validation_day, valid_head[0]) if valid_head[2] else lambda columns: pd.DataFrame(),
+                    features,
+                )
+                if heads
+                else None
+            )
         except ValueError as exc:
             context.log.warning(f"{day}: {exc}")
             trained = None

@@ -144,9 +144,9 @@ class FeatureMatrix:
         values = np.vstack([frame[cols].to_numpy(dtype="float64", na_value=np.nan), np.full((1, len(cols)), np.nan)])
         return cls(key, pd.Index(frame[key].to_numpy()), cols, values)
 
-    def take(self, ids: np.ndarray) -> pd.DataFrame:
-        rows = self.ids.get_indexer(ids)  # -1 (unknown id) picks the last row: nulls
-        return pd.DataFrame(self.values[rows], columns=self.columns)
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """The feature rows of ``ids`` (an unknown id, -1 for the indexer, picks the last row: nulls)."""
+        return self.values[self.ids.get_indexer(ids)]
 
 
 def feature_matrices(features: Mapping[str, pd.DataFrame]) -> list[FeatureMatrix]:
@@ -164,8 +164,12 @@ def join_entity_features(
     """
     matrices = feature_matrices(features) if isinstance(features, Mapping) else list(features)
     base = pairs.reset_index(drop=True)
-    parts = [base] + [m.take(base[m.key].to_numpy()) for m in matrices]
-    return pd.concat(parts, axis=1) if matrices else base
+    if not matrices:
+        return base
+    # One float64 block for all features (pandas then never consolidates many blocks).
+    values = np.hstack([m.take(base[m.key].to_numpy()) for m in matrices])
+    joined = pd.DataFrame(values, columns=[c for m in matrices for c in m.columns])
+    return pd.concat([base, joined], axis=1)
 
 
 def with_timestamps(items: pd.DataFrame, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
