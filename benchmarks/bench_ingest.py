@@ -48,6 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import peak_mb, resident_mb
+
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2026-01-01"
 SEED = 7
@@ -86,27 +88,6 @@ FROM checked
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def resident_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def peak_mb() -> float:
-    """Peak resident set size of this process, in MB (VmHWM, else ru_maxrss)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    import resource
-
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, kB on Linux
 
 
 def landing_dir(out: Path) -> str:

@@ -29,19 +29,13 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import peak_mb
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = 7
 START, RANGE_END, ONE_DAY = "2026-01-01", "2026-01-30", "2026-01-31"
 SELECTION = ["raw_events", "raw_events_dlq", "user_daily_activity", "item_daily_activity", "user_features",
              "item_features"]
-
-
-def peak_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
 
 
 def _settings(out: Path):
@@ -64,20 +58,22 @@ def child(out: Path, start: str, end: str, selection: list[str]) -> dict:
     before = peak_mb()
     t0 = time.perf_counter()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
+        partitioned = not set(selection) <= {"user_catalog", "item_catalog"}
         tags = {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end} if end != start else {}
         result = dg.materialize(
             all_assets, selection=selection, resources=build_resources(settings), instance=instance,
-            tags=tags, partition_key=start if end == start else None,
+            tags=tags, partition_key=start if end == start and partitioned else None,
         )
         assert result.success
     return {"seconds": time.perf_counter() - t0, "peak_mb": peak_mb(), "peak_before_mb": before}
 
 
 def run_child(out: Path, start: str, end: str, selection: list[str]) -> dict:
+    here = str(Path(__file__).parent)
     code = (
-        "import json, sys; sys.path.insert(0, %r); from bench_range_memory import child; from pathlib import Path; "
-        "print('RESULT ' + json.dumps(child(Path(%r), %r, %r, %r)))"
-        % (str(Path(__file__).parent), str(out), start, end, selection)
+        f"import json, sys; sys.path.insert(0, {here!r}); from bench_range_memory import child; "
+        f"from pathlib import Path; print('RESULT ' + json.dumps(child(Path({str(out)!r}), {start!r}, {end!r}, "
+        f"{selection!r})))"
     )
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "STREAMREC_START_DATE": START}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)

@@ -242,7 +242,7 @@ def recommend(
     Without a model, the retrieval order. With one, every pair is scored in slices of
     whole users (``slice_rows`` pairs), the features of ``entity_features`` (one frame
     per entity key, from :func:`lookup_entities`) joined onto each slice. The result
-    equals scoring one feature row per pair at once (see tests/test_serving.py).
+    equals scoring one feature row per pair at once (streamrec_assets_tests/test_serving.py).
     """
     if model_bytes is None or cands.empty:
         return top_recommendations(retrieval_order_scores(cands), cands, k)
