@@ -7,7 +7,7 @@ export STREAMREC_HOME ?= $(CURDIR)/.streamrec
 export DAGSTER_HOME ?= $(STREAMREC_HOME)/dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup redis demo test dev bench lint clean mlflow-ui
+.PHONY: setup redis demo test dev bench bench-scale lint clean mlflow-ui
 
 setup: $(STAMP)  ## create .venv and install the package with its test extras (quick when nothing changed)
 
@@ -51,6 +51,9 @@ bench: setup  ## benchmarks, printed as ratios against a baseline measured in th
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_range_memory.py
 	$(BIN)/python benchmarks/bench_storage.py
+
+bench-scale: setup  ## one day of the whole graph with full history at 100k and 1M events/day (VOLUMES=... for more)
+	$(BIN)/python benchmarks/bench_scale.py --volumes $${VOLUMES:-100000,1000000}
 
 lint: setup
 	$(BIN)/ruff check .

@@ -125,7 +125,7 @@ def _edge_rows() -> pd.DataFrame:
         (1, 10, "2026-01-11 00:00:00"),  # a duplicate row
     ]
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "event_timestamp"])
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True, format="ISO8601")
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True, format="ISO8601").astype("datetime64[us, UTC]")
     frame["label"] = np.arange(len(frame)) % 3
     frame["note"] = [f"row{i}" for i in range(len(frame))]
     return frame
@@ -286,6 +286,31 @@ def test_reads_while_another_store_is_materialising(handmade):
     assert_same(historical_features(reader, entity, engine="feast"), baseline)
 
 
+def test_a_torn_registry_read_is_retried(handmade, monkeypatch):
+    """What a reader can see while a file registry is being rewritten: a truncated proto, or an
+    empty one (no views). Both are read again; a registry that stays broken still raises."""
+    from google.protobuf.message import DecodeError
+
+    store = get_store(handmade)
+    original = store.registry.list_feature_views
+    calls = {"n": 0}
+
+    def torn(project, allow_cache=False, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise DecodeError("Error parsing message")
+        if calls["n"] == 2:
+            return []
+        return original(project, allow_cache=allow_cache, **kwargs)
+
+    monkeypatch.setattr(store.registry, "list_feature_views", torn)
+    views = offline.fetch_feature_views(store, FEATURE_VIEWS)
+    assert list(views) == list(FEATURE_VIEWS) and calls["n"] == 3
+    monkeypatch.setattr(store.registry, "list_feature_views", lambda *a, **k: [])
+    with pytest.raises(Exception, match="user_features"):
+        offline.fetch_feature_views(store, FEATURE_VIEWS, attempts=2)
+
+
 def test_reads_in_a_loop_during_repeated_materialisations(handmade):
     """A file registry is rewritten in place by every state change; reads retry a torn read."""
     entity = _edge_rows()
@@ -351,7 +376,7 @@ def _graph_edge_rows(settings) -> pd.DataFrame:
         (u, i, "2025-12-24 06:00:00"),
     ]
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "event_timestamp"])
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True, format="ISO8601")
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True, format="ISO8601").astype("datetime64[us, UTC]")
     return frame
 
 
@@ -361,7 +386,8 @@ def test_graph_day_of_impressions_and_edge_cases_equal_feast(graph_32):
     impressions = _impressions(settings, "2026-01-20")
     assert len(impressions) > 200
     edges = _graph_edge_rows(settings)
-    entity = pd.concat([impressions, edges.assign(example_id=-1, date="edge", session_id=-1, label=0)],
+    entity = pd.concat([impressions, edges.assign(example_id=[f"edge-{k}" for k in range(len(edges))], date="edge",
+                                                     session_id="edge", label=0)],
                        ignore_index=True)
     ours = historical_features(store, entity)
     assert_same(ours, historical_features(store, entity, engine="feast"))

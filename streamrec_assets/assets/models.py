@@ -60,7 +60,7 @@ def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples:
 
     def loader(d: str, names: set[str]):
         """Reads day ``d`` with the asked columns it has, on each XGBoost pass (nothing is held)."""
-        return lambda columns: examples.read(d, [c for c in columns if c in names])
+        return lambda columns: examples.read_arrow(d, [c for c in columns if c in names])
 
     def compute(day: str) -> DayResult:
         # The window is streamed one day per XGBoost batch, reading only the keys, the label and
@@ -89,7 +89,7 @@ def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples:
             trained = (
                 train_ranker_batches(
                     [loader(d, names) for d, (names, _, _) in heads.items()],
-                    loader(validation_day, valid_head[0]) if valid_head[2] else lambda columns: pd.DataFrame(),
+                    loader(validation_day, valid_head[0]) if valid_head[2] else lambda columns: None,
                     features,
                 )
                 if heads

@@ -17,6 +17,9 @@ one day, time with the number of passes. A query (date, user) must lie in one ba
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import xgboost as xgb
 
 DEFAULT_PARAMS: dict = {
@@ -50,8 +54,9 @@ QUERY_KEYS = ["date", "user_id"]
 ORDER_KEYS = [*QUERY_KEYS, "example_id"]
 LABEL = "label"
 
-#: Reads one batch (a day) of examples with the given columns; columns it lacks may be left out.
-BatchLoader = Callable[[list[str]], pd.DataFrame]
+#: Reads one batch (a day) of examples with the given columns (an Arrow table or a pandas frame);
+#: columns it lacks may be left out (they read as missing values).
+BatchLoader = Callable[[list[str]], "pa.Table | pd.DataFrame | None"]
 
 
 @dataclass
@@ -118,35 +123,80 @@ def useful_queries(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[keep]
 
 
-def _batch(frame: pd.DataFrame, features: list[str]) -> _Batch | None:
+def _as_arrow(batch: pd.DataFrame | pa.Table | None) -> pa.Table | None:
+    import pyarrow as pa
+
+    if batch is None or isinstance(batch, pa.Table):
+        return batch
+    return pa.Table.from_pandas(batch, preserve_index=False)
+
+
+def _dense_rank(values) -> np.ndarray:
+    """Integer codes with the order of ``values`` (ties share a code)."""
+    import pyarrow.compute as pc
+
+    return pc.rank(values, sort_keys="ascending", tiebreaker="dense").to_numpy()
+
+
+def _useful_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the rows of useful queries in query order, and their query ids.
+
+    The rule of :func:`useful_queries` and the order of a stable sort of its result by
+    :data:`ORDER_KEYS`, computed on the keys alone: queries are found on integer codes,
+    and only the rows kept are ordered by ``example_id``.
+    """
+    n = table.num_rows
+    date, user = _dense_rank(table.column("date")), table.column("user_id").to_numpy()
+    order = np.lexsort((user, date))  # stable: ties keep the batch order
+    date, user = date[order], user[order]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = (date[1:] != date[:-1]) | (user[1:] != user[:-1])
+    first = np.flatnonzero(starts)
+    sizes = np.diff(np.append(first, n))
+    useful = (sizes > 1) & (np.maximum.reduceat(table.column(LABEL).to_numpy()[order], first) > 0)
+    kept = order[np.repeat(useful, sizes)]
+    qid = np.repeat(np.arange(int(useful.sum())), sizes[useful])
+    if len(kept) == 0:
+        return kept, qid
+    within = np.lexsort((_dense_rank(table.column("example_id").take(kept)), qid))
+    return kept[within], qid  # qid is non-decreasing: unchanged by the sort within queries
+
+
+def _batch(batch: pd.DataFrame | pa.Table | None, features: list[str]) -> _Batch | None:
     """The useful queries of one batch as float32 features, labels and query ids (None when none).
 
-    Only the keys are filtered and sorted; each feature column is then gathered into the
-    float32 matrix in that order, so the batch's peak is its frame plus its matrix.
+    Only the keys are sorted and filtered; each feature column is then gathered into the
+    float32 matrix in that order, so a batch costs its columns plus its matrix.
     """
-    if frame is None or len(frame) == 0:
+    import pyarrow.compute as pc
+
+    table = _as_arrow(batch)
+    if table is None or table.num_rows == 0:
         return None
-    keys = frame[[*ORDER_KEYS, LABEL]].reset_index(drop=True)
-    kept = useful_queries(keys).sort_values(ORDER_KEYS, kind="stable")
-    if kept.empty:
+    rows, qid = _useful_rows(table)
+    if len(rows) == 0:
         return None
-    rows = kept.index.to_numpy()
     x = np.empty((len(rows), len(features)), dtype="float32")
     for j, col in enumerate(features):
-        if col in frame.columns:
-            x[:, j] = frame[col].to_numpy(dtype="float32", na_value=np.nan)[rows]
+        if col in table.column_names:
+            x[:, j] = table.column(col).to_numpy()[rows]  # nulls read as NaN
         else:
             x[:, j] = np.nan
     return _Batch(
         x=x,
-        label=kept[LABEL].to_numpy(dtype="float32"),
-        qid=kept.groupby(QUERY_KEYS, sort=False).ngroup().to_numpy(),
-        dates=frozenset(kept["date"].unique().tolist()),
+        label=table.column(LABEL).to_numpy()[rows].astype("float32"),
+        qid=qid,
+        dates=frozenset(pc.unique(table.column("date").take(rows)).to_pylist()),
     )
 
 
-def _batch_iterator(loaders: Sequence[BatchLoader], features: list[str]) -> xgb.DataIter:
-    """An :class:`xgboost.DataIter` over the loaders' useful queries, one loader per batch."""
+def _batch_iterator(loaders: Sequence[BatchLoader], features: list[str], spill_dir: str | None) -> xgb.DataIter:
+    """An :class:`xgboost.DataIter` over the loaders' useful queries, one loader per batch.
+
+    The first pass calls the loaders; with ``spill_dir`` it also writes each prepared batch
+    there (``.npy``, float32) and the later passes read those back instead of calling the
+    loaders again. Memory holds one batch either way.
+    """
     import xgboost as xgb
 
     columns = ranker_columns(features)
@@ -155,18 +205,35 @@ def _batch_iterator(loaders: Sequence[BatchLoader], features: list[str]) -> xgb.
         def __init__(self) -> None:
             super().__init__(release_data=True)  # drop each batch once XGBoost has consumed it
             self.position = 0
-            self.rows = 0  # useful rows of the first full pass
-            self.batches = 0
-            self.passes = 0
+            self.passes = 0  # complete passes over the loaders
+            self.loads = 0  # loader calls
+            self.rows = 0  # useful rows (set by the first complete pass)
             self._empty: set[int] = set()  # loaders without a useful query: not read again
             self._date_owner: dict = {}
             self._pass_rows = 0
-            self._pass_batches = 0
 
         def reset(self) -> None:
             self.position = 0
             self._pass_rows = 0
-            self._pass_batches = 0
+
+        def _spilled(self, index: int, part: str) -> str:
+            return os.path.join(spill_dir, f"batch{index:05d}.{part}.npy")
+
+        def _get(self, index: int) -> _Batch | None:
+            if self.passes and spill_dir is not None:
+                x, label, qid = (np.load(self._spilled(index, part)) for part in ("x", "label", "qid"))
+                return _Batch(x=x, label=label, qid=qid, dates=frozenset())
+            self.loads += 1
+            batch = _batch(loaders[index](columns), features)
+            if batch is None:
+                return None
+            for day in batch.dates:
+                if self._date_owner.setdefault(day, index) != index:
+                    raise RuntimeError(f"day {day} is split across ranker batches: a query must lie in one batch")
+            if spill_dir is not None and not self.passes:
+                for part in ("x", "label", "qid"):
+                    np.save(self._spilled(index, part), getattr(batch, part))
+            return batch
 
         def next(self, input_data: Callable) -> bool:
             while self.position < len(loaders):
@@ -174,19 +241,15 @@ def _batch_iterator(loaders: Sequence[BatchLoader], features: list[str]) -> xgb.
                 self.position += 1
                 if index in self._empty:
                     continue
-                batch = _batch(loaders[index](columns), features)
+                batch = self._get(index)
                 if batch is None:
                     self._empty.add(index)
                     continue
-                for day in batch.dates:
-                    if self._date_owner.setdefault(day, index) != index:
-                        raise RuntimeError(f"day {day} is split across ranker batches: a query must lie in one batch")
                 self._pass_rows += len(batch.label)
-                self._pass_batches += 1
                 input_data(data=batch.x, label=batch.label, qid=batch.qid, feature_names=features)
                 return True
-            if self.passes == 0:
-                self.rows, self.batches = self._pass_rows, self._pass_batches
+            if not self.passes:
+                self.rows = self._pass_rows
             self.passes += 1
             return False
 
@@ -199,11 +262,15 @@ def train_ranker_batches(
     features: Sequence[str],
     params: dict | None = None,
     num_boost_round: int = NUM_BOOST_ROUND,
+    spill: bool = True,
 ) -> TrainedRanker:
     """Train on the batches of ``train`` (one loader per day), early-stop on ``validation``.
 
     Each loader is called with :func:`ranker_columns` and returns that batch's example rows
-    (with ``label``); it is called once per XGBoost pass, so it should read, not hold.
+    (with ``label``), reading them rather than holding them. XGBoost passes over the batches
+    several times: with ``spill`` (the default) the loaders are called once and the prepared
+    float32 batches are kept in a temporary directory on local disk for the later passes;
+    without it, every pass calls the loaders again. The model bytes are the same either way.
     """
     import xgboost as xgb
 
@@ -212,20 +279,19 @@ def train_ranker_batches(
     max_bin = int(params.get("max_bin", DEFAULT_MAX_BIN))
     nthread = params.get("nthread")
     valid = _batch(validation(ranker_columns(features)), features)
-    batches = _batch_iterator(train, features)
-    dtrain = None
-    if valid is not None:  # nothing to early-stop on: the window is not read at all
+    if valid is None:  # nothing to early-stop on: the window is not read at all
+        raise ValueError("not enough labelled queries to train a ranker (validation: 0 rows)")
+    with tempfile.TemporaryDirectory(prefix="ranker-batches-") if spill else contextlib.nullcontext() as spill_dir:
+        batches = _batch_iterator(train, features, spill_dir)
         try:
             dtrain = xgb.QuantileDMatrix(batches, missing=np.nan, nthread=nthread, max_bin=max_bin)
         except xgb.core.XGBoostError:
-            if batches.passes == 0 or batches.rows:
+            if not batches.passes or batches.rows:
                 raise
-            dtrain = None  # no useful query in any batch ("at least 1 batch")
-    if dtrain is None or valid is None:
-        train_rows = f"{batches.rows} rows" if batches.passes else "not read"
+            dtrain = None  # not one useful query in the window ("at least 1 batch")
+    if dtrain is None:
         raise ValueError(
-            f"not enough labelled queries to train a ranker (train: {train_rows}, "
-            f"validation: {0 if valid is None else len(valid.label)})"
+            f"not enough labelled queries to train a ranker (train: 0 rows, validation: {len(valid.label)})"
         )
     dvalid = xgb.QuantileDMatrix(valid.x, label=valid.label, qid=valid.qid, ref=dtrain, missing=np.nan,
                                  nthread=nthread, max_bin=max_bin, feature_names=features)

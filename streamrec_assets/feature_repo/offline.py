@@ -103,22 +103,18 @@ def fetch_feature_views(store: FeatureStore, names: Sequence[str], attempts: int
     from feast.errors import FeatureViewNotFoundException
 
     wanted = list(dict.fromkeys(names))
-    error: Exception | None = None
     for attempt in range(attempts):
         try:
             views = {fv.name: fv for fv in store.registry.list_feature_views(store.project, allow_cache=False)}
             missing = [n for n in wanted if n not in views]
             if not missing:
                 return {n: views[n] for n in wanted}
-            error = FeatureViewNotFoundException(", ".join(missing), store.project)
-        except FeatureViewNotFoundException as exc:
+            error: Exception = FeatureViewNotFoundException(", ".join(missing), store.project)
+        except Exception as exc:  # noqa: BLE001 - a torn registry read: protobuf DecodeError, missing project...
             error = exc
-        except Exception as exc:  # noqa: BLE001 - a half-written registry raises protobuf's DecodeError
-            if "DecodeError" not in type(exc).__name__ and "registry" not in str(exc).lower():
-                raise
-            error = exc
-        time.sleep(0.05 * (attempt + 1))
-    assert error is not None
+        if attempt + 1 < attempts:
+            log.info("Registry read %d/%d failed (%s); reading it again.", attempt + 1, attempts, error)
+            time.sleep(0.05 * (attempt + 1))
     raise error
 
 

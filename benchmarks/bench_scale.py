@@ -1,0 +1,207 @@
+"""Scaling benchmark: one day of the whole graph, with full history, at several volumes.
+
+Run with ``make bench-scale`` (or ``.venv/bin/python benchmarks/bench_scale.py --volumes 100000,1000000``).
+
+For each volume (events/day):
+
+1. generates the landing zone (cached under ``.bench/scale/<volume>/landing``): 29 days,
+   2026-01-01..2026-01-29; the measured day is D = 2026-01-29;
+2. materialises the history it needs in ONE single-run range per layer (not measured):
+   catalogues; ingest, daily aggregates, daily co-play and features for [D-28, D-1];
+   the Feast views; training examples for [D-14, D-1] (ranking_model of D trains on them);
+3. measures every step of day D in its own fresh process (``dagster.materialize`` of that
+   asset for partition D, in topological order): wall time and peak resident memory (VmHWM).
+
+Writes ``results.json``, ``results.md`` (the table) and ``scaling.png`` (time and peak
+memory per asset against volume, log-log) under ``--out``, and prints the table with each
+asset's growth factor between consecutive volumes and, from the largest measured growth,
+an extrapolation of the volume at which the first asset would exceed 16 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchlib import peak_mb
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 7
+START, DAY = "2026-01-01", "2026-01-29"
+HISTORY = [
+    (("user_catalog", "item_catalog"), None, None),
+    (("raw_events", "raw_events_dlq", "user_daily_activity", "item_daily_activity", "daily_coplay_pairs",
+      "daily_coplay_history", "daily_coplay_edges", "user_features", "item_features"), "2026-01-01", "2026-01-28"),
+    (("feast_feature_views",), "2026-01-28", "2026-01-28"),
+    (("training_examples",), "2026-01-15", "2026-01-28"),
+]
+STEPS = [
+    ("raw_events", "raw_events_dlq"),
+    ("user_daily_activity",),
+    ("item_daily_activity",),
+    ("daily_coplay_pairs", "daily_coplay_history", "daily_coplay_edges"),
+    ("user_features",),
+    ("item_features",),
+    ("feast_feature_views",),
+    ("training_examples",),
+    ("retrieval_model",),
+    ("ranking_model",),
+    ("model_evaluation",),
+    ("registered_model",),
+    ("batch_recommendations",),
+]
+LIMIT_MB = 16 * 1024
+
+
+def _settings(out: Path):
+    from streamrec_assets.settings import Settings
+
+    return Settings(home=str(out / "home"), storage_uri=str(out / "home" / "storage"),
+                    landing_uri=str(out / "landing"), start_date=START)
+
+
+def child(out: Path, selection: list[str], start: str | None, end: str | None) -> dict:
+    """Materialise ``selection`` (one day, a range, or unpartitioned) in this process."""
+    import dagster as dg
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from streamrec_assets.definitions import all_assets, build_resources
+
+    settings = _settings(out)
+    home = Path(settings.home) / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(home)
+    t0 = time.perf_counter()
+    instance = dg.DagsterInstance.get()  # one persistent instance: later steps see earlier materialisations
+    tags = {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end} if start and start != end else {}
+    result = dg.materialize(
+        all_assets, selection=selection, resources=build_resources(settings), instance=instance, tags=tags,
+        partition_key=start if start and start == end else None, raise_on_error=False,
+    )
+    if not result.success:
+        raise SystemExit(f"{selection} failed")
+    return {"seconds": time.perf_counter() - t0, "peak_mb": peak_mb()}
+
+
+def run_child(out: Path, selection, start, end) -> dict:
+    here = str(Path(__file__).parent)
+    code = (
+        f"import json, sys; sys.path.insert(0, {here!r}); from bench_scale import child; from pathlib import Path; "
+        f"print('RESULT ' + json.dumps(child(Path({str(out)!r}), {list(selection)!r}, {start!r}, {end!r})))"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "STREAMREC_START_DATE": START}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-6000:])
+        raise SystemExit(f"{selection} {start}..{end} failed")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def measure_volume(out: Path, events: int, log) -> dict[str, dict]:
+    from streamrec_assets import datagen
+
+    t0 = time.perf_counter()
+    datagen.generate(str(out / "landing"), START, DAY, events, SEED)
+    log(f"  landing zone ready ({time.perf_counter() - t0:.0f} s)")
+    marker = out / "home" / "_history_done"
+    if not marker.exists():
+        import shutil
+
+        shutil.rmtree(out / "home", ignore_errors=True)
+        for selection, start, end in HISTORY:
+            figures = run_child(out, selection, start, end)
+            log(f"  history {selection[0]}.. {start or ''}..{end or ''}: {figures['seconds']:.0f} s")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("ok")
+    results = {}
+    for selection in STEPS:
+        figures = run_child(out, selection, DAY, DAY)
+        results[selection[0]] = figures
+        log(f"  {selection[0]:<24}{figures['seconds']:>8.1f} s{figures['peak_mb']:>9.0f} MB")
+    return results
+
+
+def render(results: dict[int, dict[str, dict]], out: Path) -> str:
+    volumes = sorted(results)
+    head = "| asset | " + " | ".join(f"{v:,}/day: s, peak MB" for v in volumes) + " | growth (time, memory) |"
+    lines = [head, "|" + "---|" * (len(volumes) + 2)]
+    worst = (0.0, "", 0.0)
+    for selection in STEPS:
+        name = selection[0]
+        cells = [f"{results[v][name]['seconds']:.1f}, {results[v][name]['peak_mb']:.0f}" for v in volumes]
+        growth = ""
+        if len(volumes) > 1:
+            a, b = results[volumes[-2]][name], results[volumes[-1]][name]
+            factor = volumes[-1] / volumes[-2]
+            growth = f"x{b['seconds'] / a['seconds']:.1f}, x{b['peak_mb'] / a['peak_mb']:.1f} for x{factor:.0f} volume"
+            # memory(v) ~ m1 * (v / v1) ** k with k fitted on the last two volumes
+            import math
+
+            k = math.log(b["peak_mb"] / a["peak_mb"]) / math.log(factor) if b["peak_mb"] > a["peak_mb"] else 0.0
+            if k > 0:
+                limit = volumes[-1] * (LIMIT_MB / b["peak_mb"]) ** (1 / k)
+                if worst[1] == "" or limit < worst[0]:
+                    worst = (limit, name, k)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {growth} |")
+    table = "\n".join(lines)
+    if worst[1]:
+        table += (f"\n\nFirst asset to exceed 16 GiB (extrapolated from the last two volumes, memory ~ volume^{worst[2]:.2f}): "
+                  f"`{worst[1]}` at about {worst[0] / 1e6:.0f} M events/day.")
+    (out / "results.md").write_text(table + "\n")
+    _plot(results, out / "scaling.png")
+    return table
+
+
+def _plot(results: dict[int, dict[str, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    volumes = sorted(results)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for selection in STEPS:
+        name = selection[0]
+        left.plot(volumes, [results[v][name]["seconds"] for v in volumes], marker="o", label=name)
+        right.plot(volumes, [results[v][name]["peak_mb"] for v in volumes], marker="o", label=name)
+    for axis, label in ((left, "seconds (one day)"), (right, "peak resident MB")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("events/day")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    right.axhline(LIMIT_MB, color="red", linestyle="--", linewidth=1)
+    left.legend(fontsize=7)
+    fig.suptitle("StreamRec: one day of the whole graph with full history, per asset")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volumes", default="100000,1000000",
+                        help="comma-separated events/day (10000000 takes hours on 2 cores)")
+    parser.add_argument("--out", default=str(REPO / ".bench" / "scale"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "results.json"
+    results: dict[int, dict[str, dict]] = {int(k): v for k, v in json.loads(saved.read_text()).items()} if saved.exists() else {}
+    for volume in [int(v) for v in args.volumes.split(",")]:
+        print(f"{volume:,} events/day", flush=True)
+        results[volume] = measure_volume(out / str(volume), volume, lambda line: print(line, flush=True))
+        saved.write_text(json.dumps(results, indent=2))
+    print("\n" + render(results, out))
+    print(f"\nwritten: {out / 'results.md'}, {out / 'scaling.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
