@@ -64,7 +64,7 @@ def test_training_examples_are_point_in_time_correct(graph_32):
         table = features[view]
         for _, row in sample.iterrows():
             rows = table[(table[key] == row[key]) & (table["feature_timestamp"] <= row["event_timestamp"])
-                         & (table["feature_timestamp"] > row["event_timestamp"] - pd.Timedelta(days=7))]
+                         & (table["feature_timestamp"] >= row["event_timestamp"] - pd.Timedelta(days=7))]
             got = row[f"{view}__plays_7d"]
             if rows.empty:
                 assert pd.isna(got), (view, row["example_id"])
