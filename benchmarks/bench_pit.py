@@ -16,7 +16,8 @@ Run with ``.venv/bin/python benchmarks/bench_pit.py`` (smoke: ``--rows 50000 --u
      ``h60`` (all 60), each with its own Feast registry (``feature_objects`` applied);
    * one day's entity rows: ``--rows`` impressions (default 733,192, the measured day at 1 M
      events/day) with the training frame's columns (example_id, date, user_id, item_id,
-     session_id, event_timestamp, label): users skewed, items Zipf-like, timestamps over the day.
+     session_id, event_timestamp, label): users skewed, items Zipf-like, timestamps over the day,
+     1.5% of rows from new users and 0.5% from new items (no feature rows: nulls).
 
 2. Measures, each run in a fresh Python process (imports, the Feast store object and reading
    the entity Parquet happen before the clock starts):
@@ -56,6 +57,7 @@ HISTORY_DAYS = 60
 WINDOW = 28
 SEED = 23
 DEFAULT_ROWS = 733_192
+COLD_USERS, COLD_ITEMS = 0.015, 0.005  # shares of entity rows without any feature row
 HISTORIES = (7, 60)
 METHODS = ("raw", "ours", "feast")
 VIEWS = ("user_features", "item_features")
@@ -170,7 +172,7 @@ def prepare_entities(out: Path, rows: int, users: int, items: int) -> Path:
 
     from streamrec_assets.storage import write_parquet
 
-    path = out / f"entities-{rows}-{users}-{items}.parquet"
+    path = out / f"entities-v2-{rows}-{users}-{items}.parquet"
     if path.exists():
         return path
     rng = np.random.default_rng(SEED + 1)
@@ -178,6 +180,10 @@ def prepare_entities(out: Path, rows: int, users: int, items: int) -> Path:
     user = rng.choice(users, size=rows, p=weights / weights.sum()).astype("int64")
     ranks = np.arange(1, items + 1, dtype="float64") ** -0.9
     item = rng.permutation(items)[rng.choice(items, size=rows, p=ranks / ranks.sum())].astype("int64")
+    # Cold starts: users who signed up today and items released today have no feature rows yet.
+    new_users, new_items = rng.random(rows) < COLD_USERS, rng.random(rows) < COLD_ITEMS
+    user[new_users] = users + rng.integers(0, max(1, users // 50), int(new_users.sum()))
+    item[new_items] = items + rng.integers(0, max(1, items // 100), int(new_items.sum()))
     start = pd.Timestamp(TARGET, tz="UTC").value // 1000
     us = np.sort(rng.integers(start + 1, start + 86_400_000_000, rows))
     stamp = TARGET.replace("-", "")
@@ -232,26 +238,25 @@ def raw_join(entity, files: dict[str, list[str]], features: dict[str, list[str]]
 def child(args) -> None:
     import pandas as pd
 
-    from streamrec_assets.feature_repo import TTL, FeastSettings, get_store, historical_features
-    from streamrec_assets.feature_repo import offline
+    from streamrec_assets.feature_repo import TTL, FeastSettings, get_store, historical_features, offline
 
     root = Path(args.root)
     store = get_store(FeastSettings(storage_uri=str(root / "storage"), repo_dir=str(root / "feast")))
     entity = pd.read_parquet(args.entities)
-    # The TTL-reachable files and the feature names (not measured: raw SQL knows them up front).
-    views = offline.fetch_feature_views(store, VIEWS)
-    plans = offline.plan_views(views, offline.all_feature_refs(views))
-    ts = entity["event_timestamp"]
-    files, features = {}, {}
-    for plan in plans:
-        first, last = offline.reachable_days(ts.min().to_pydatetime(), ts.max().to_pydatetime(), plan.ttl)
-        _, files[plan.name], _ = offline.partition_files(plan, first, last)
-        features[plan.name] = [src for src, _ in plan.features]
-    if args.method == "feast":  # Feast's FileSource glob reads every partition
-        partitions = {v: len(list((root / "storage" / v).glob("date=*/data.parquet"))) for v in VIEWS}
-    else:
-        partitions = {v: len(f) for v, f in files.items()}
-    if args.method == "raw":
+
+    def reachable() -> tuple[dict, dict]:
+        """The TTL-reachable files and the feature names of each view."""
+        views = offline.fetch_feature_views(store, VIEWS)
+        ts = entity["event_timestamp"]
+        files, features = {}, {}
+        for plan in offline.plan_views(views, offline.all_feature_refs(views)):
+            first, last = offline.reachable_days(ts.min().to_pydatetime(), ts.max().to_pydatetime(), plan.ttl)
+            _, files[plan.name], _ = offline.partition_files(plan, first, last)
+            features[plan.name] = [src for src, _ in plan.features]
+        return files, features
+
+    if args.method == "raw":  # hand-written SQL knows its files and columns up front: not measured
+        files, features = reachable()
         entity = entity.assign(_row=range(len(entity)))
     rss_before = peak_mb()
     t0 = time.perf_counter()
@@ -262,6 +267,10 @@ def child(args) -> None:
     else:
         result = historical_features(store, entity, engine="feast")
     seconds = time.perf_counter() - t0
+    if args.method == "feast":  # Feast's FileSource glob reads every partition
+        partitions = {v: len(list((root / "storage" / v).glob("date=*/data.parquet"))) for v in VIEWS}
+    else:
+        partitions = {v: len(f) for v, f in reachable()[0].items()}
     if args.save:
         result.to_parquet(args.save)
     print(json.dumps({"seconds": seconds, "rows": len(result), "columns": result.shape[1], "peak_mb": peak_mb(),

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -32,9 +31,10 @@ from streamrec_assets.feature_repo import (
     feature_refs,
     get_store,
     historical_features,
+    offline,
 )
-from streamrec_assets.feature_repo import offline
 from streamrec_assets.storage import write_parquet
+
 
 def utc(text: str) -> pd.Timestamp:
     return pd.Timestamp(text, tz="UTC")
@@ -182,6 +182,54 @@ def test_subset_of_refs_and_one_entity_key(handmade):
     assert list(ours.columns) == ["item_id", "event_timestamp", "item_features__plays_7d", "item_features__date"]
     assert_same(ours, historical_features(store, frame, refs, engine="feast"))
     assert ours["item_features__date"].tolist() == ["2026-01-05", "2026-01-05", None, "2026-01-05"]
+
+
+def test_interleaved_refs_keep_feasts_column_order(handmade):
+    store = get_store(handmade)
+    entity = _edge_rows()
+    refs = ["item_features:plays_7d", "user_features:date", "item_features:date", "user_features:plays_7d"]
+    ours = historical_features(store, entity, refs)
+    assert_same(ours, historical_features(store, entity, refs, engine="feast"))
+    with pytest.raises(ValueError, match="no feature"):
+        historical_features(store, entity, ["user_features:no_such_feature"])
+    with pytest.raises(ValueError, match="lacks column"):
+        historical_features(store, entity.drop(columns="item_id"))
+
+
+def test_non_iso_dates_are_normalised_like_feast_output(tmp_path):
+    """A ``date`` stored as a timestamp-like string still comes back as 'YYYY-MM-DD' (``_normalise_dates``)."""
+    from streamrec_assets.feature_repo import _normalise_dates
+
+    table = _table(USERS, "user_id", "2026-01-05").assign(date="2026-01-05 00:00:00")
+    path = tmp_path / "user_features" / "date=2026-01-05" / "data.parquet"
+    write_parquet(table, _local(path))
+    import pyarrow as pa
+
+    plan = offline.ViewPlan(
+        name="user_features", source_path=f"{tmp_path}/user_features/date=*/data.parquet",
+        timestamp_field="feature_timestamp", created_timestamp_column=None, ttl=TTL,
+        join_keys={"user_id": "user_id"},
+        features=(("date", "user_features__date"), ("plays_7d", "user_features__plays_7d")),
+        types={"user_features__date": pa.string(), "user_features__plays_7d": pa.int64()},
+    )
+    entity = pd.DataFrame({"user_id": [1, 3], "event_timestamp": utc("2026-01-07")})
+    got = offline.point_in_time_join(entity, [plan]).frame
+    assert got["user_features__date"].tolist() == ["2026-01-05", None]
+    raw = entity.assign(user_features__date=["2026-01-05 00:00:00", None], user_features__plays_7d=[105.0, np.nan])
+    assert_same(got, _normalise_dates(raw))
+
+
+def test_a_view_without_ttl_reaches_all_older_partitions(handmade):
+    """Feast's ``if ttl:``: no TTL (or 0) means no lower bound, so every older partition is listed."""
+    store = get_store(handmade)
+    views = offline.fetch_feature_views(store, ["user_features"])
+    (plan,) = offline.plan_views(views, ["user_features:plays_7d", "user_features:date"])
+    plan = offline.ViewPlan(**{**plan.__dict__, "ttl": None})
+    entity = pd.DataFrame({"user_id": [2, 1, 3], "event_timestamp": utc("2026-03-01")})
+    result = offline.point_in_time_join(entity, [plan])
+    assert result.partitions["user_features"] == DAYS
+    assert result.frame["user_features__date"].tolist() == ["2026-01-03", "2026-01-10", None]
+    assert result.frame["user_features__plays_7d"].tolist()[:2] == [203, 110]
 
 
 def test_empty_and_non_default_index(handmade):

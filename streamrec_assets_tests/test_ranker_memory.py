@@ -206,17 +206,16 @@ def test_each_day_is_read_once_with_only_the_columns_training_needs(tmp_path):
 
 def test_nothing_to_learn_is_a_value_error_and_a_missing_validation_reads_no_window(tmp_path):
     data = examples(3, DAYS)
-    store = write_days(tmp_path / "no_positive_in_window", data.assign(label=np.where(data["date"] < DAYS[-1], 0, data["label"])))
+    in_window = data["date"] < DAYS[-1]
+    store = write_days(tmp_path / "no_positive_in_window", data.assign(label=np.where(in_window, 0, data["label"])))
     with pytest.raises(ValueError, match=r"not enough labelled queries .*train: 0 rows"):
         stream_train(store)
 
-    store = write_days(tmp_path / "no_positive_on_validation_day", data.assign(label=np.where(data["date"] == DAYS[-1], 0, data["label"])))
+    store = write_days(tmp_path / "no_positive_on_validation_day", data.assign(label=np.where(in_window, data["label"], 0)))
+    spy = Spy(store, DAYS)
     with pytest.raises(ValueError, match=r"not enough labelled queries .*validation: 0 rows"):
-        spy = Spy(store, DAYS)
-        try:
-            train_ranker_batches([spy.loader(d) for d in DAYS[:-1]], spy.loader(DAYS[-1]), spy.features(DAYS[:-1]))
-        finally:
-            assert [day for day, _ in spy.calls] == [DAYS[-1]], "no early-stopping day: the window is not read"
+        train_ranker_batches([spy.loader(d) for d in DAYS[:-1]], spy.loader(DAYS[-1]), spy.features(DAYS[:-1]))
+    assert [day for day, _ in spy.calls] == [DAYS[-1]], "no early-stopping day: the window is not read"
 
 
 def test_a_day_split_over_two_batches_is_refused():
@@ -249,19 +248,22 @@ def test_quality_matches_the_in_memory_dmatrix_path(seed):
     train, validation = data[data["date"] < DAYS[-1]], data[data["date"] == DAYS[-1]]
     features = model_feature_columns(train)
     streamed = train_ranker(train, validation, features)
-    ref_bytes, ref_ndcg, ref_best = dmatrix_reference(train, validation, features)
+    ref_bytes, ref_ndcg, _ = dmatrix_reference(train, validation, features)
     assert streamed.validation_ndcg > 0.8, "it learns"
     assert abs(streamed.validation_ndcg - ref_ndcg) <= NDCG_TOLERANCE
     assert streamed.train_rows == len(useful_queries(train))
     holdout = examples(100 + seed, [MODEL_DAY], users=120)
     slates = holdout.rename(columns={"label": "relevance"})
-    assert abs(ndcg_on(slates, score(streamed.model_bytes, holdout)) - ndcg_on(slates, score(ref_bytes, holdout))) <= NDCG_TOLERANCE
+    ours, reference = ndcg_on(slates, score(streamed.model_bytes, holdout)), ndcg_on(slates, score(ref_bytes, holdout))
+    assert abs(ours - reference) <= NDCG_TOLERANCE
 
 
 # ---------------------------------------------------------------------------------------- the asset
 
 
+@pytest.mark.slow
 def test_ranking_model_asset_streams_its_window(tmp_path):
+    """The asset itself (materialised twice): streamed card and model == the in-memory frame path's."""
     from streamrec_assets_tests.conftest import run_range, tiny_settings
 
     settings = tiny_settings(tmp_path)

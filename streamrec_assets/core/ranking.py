@@ -4,15 +4,18 @@ Models travel as XGBoost's own UBJSON bytes (never pickle), with the ordered
 feature list stored inside the booster, so scoring uses exactly the training
 columns.
 
-**Bounded memory.** Training streams its window one batch (one day) at a time: each
-batch is read with only the columns training needs (:func:`ranker_columns`), cut to
-its useful queries, grouped by query and turned into float32, then handed to an
-:class:`xgboost.DataIter` that feeds an :class:`xgboost.QuantileDMatrix`. XGBoost
-keeps only the quantised matrix (one byte per value at the default 256 bins), never
-the window as a frame; the validation matrix is quantised with the training cuts
-(``ref=``), so its predictions equal those on the raw values. XGBoost walks the
-iterator several times (sketch, sizes, index), re-reading each day: memory grows with
-one day, time with the number of passes. A query (date, user) must lie in one batch.
+**Bounded memory.** Training streams its window one batch (one day) at a time
+(:func:`train_ranker_batches`): each day is read with only the columns training needs
+(:func:`ranker_columns`), cut to its useful queries, ordered by query and turned into
+float32, then handed to an :class:`xgboost.DataIter` feeding an
+:class:`xgboost.QuantileDMatrix`. XGBoost keeps only the quantised matrix (one byte per
+value at 256 bins), never the window as a frame; the validation matrix is quantised with
+the training cuts (``ref=``), so its predictions equal those on the raw values. XGBoost
+walks the batches several times (four in XGBoost 3.x); the first pass reads the days and
+spills the prepared float32 batches to a temporary directory, the later ones read that
+back. Memory grows with one day, never with the window. A query (date, user) must lie in
+one batch; rows within a query are ordered by ``example_id``, so the same examples give
+the same model bytes whatever their order in the files.
 """
 
 from __future__ import annotations
@@ -101,19 +104,12 @@ def ranker_features(frames: Iterable[pd.DataFrame]) -> list[str]:
     return model_feature_columns(pd.DataFrame({c: pd.Series(dtype="float64") for c in kept}))
 
 
-def _qid(frame: pd.DataFrame) -> np.ndarray:
-    return frame.groupby(QUERY_KEYS, sort=False).ngroup().to_numpy()
-
-
-def _dmatrix(frame: pd.DataFrame, features: list[str], with_label: bool):
+def _dmatrix(frame: pd.DataFrame, features: list[str]):
+    """The features of ``frame`` (any order) to score."""
     import xgboost as xgb
 
     x = frame.reindex(columns=features).to_numpy(dtype="float32")
-    matrix = xgb.DMatrix(x, label=frame[LABEL].to_numpy() if with_label else None, feature_names=features,
-                         missing=np.nan, nthread=DEFAULT_PARAMS["nthread"])
-    if with_label:
-        matrix.set_group(np.bincount(_qid(frame)))
-    return matrix
+    return xgb.DMatrix(x, feature_names=features, missing=np.nan, nthread=DEFAULT_PARAMS["nthread"])
 
 
 def useful_queries(frame: pd.DataFrame) -> pd.DataFrame:
@@ -206,7 +202,6 @@ def _batch_iterator(loaders: Sequence[BatchLoader], features: list[str], spill_d
             super().__init__(release_data=True)  # drop each batch once XGBoost has consumed it
             self.position = 0
             self.passes = 0  # complete passes over the loaders
-            self.loads = 0  # loader calls
             self.rows = 0  # useful rows (set by the first complete pass)
             self._empty: set[int] = set()  # loaders without a useful query: not read again
             self._date_owner: dict = {}
@@ -223,7 +218,6 @@ def _batch_iterator(loaders: Sequence[BatchLoader], features: list[str], spill_d
             if self.passes and spill_dir is not None:
                 x, label, qid = (np.load(self._spilled(index, part)) for part in ("x", "label", "qid"))
                 return _Batch(x=x, label=label, qid=qid, dates=frozenset())
-            self.loads += 1
             batch = _batch(loaders[index](columns), features)
             if batch is None:
                 return None
@@ -295,6 +289,7 @@ def train_ranker_batches(
         )
     dvalid = xgb.QuantileDMatrix(valid.x, label=valid.label, qid=valid.qid, ref=dtrain, missing=np.nan,
                                  nthread=nthread, max_bin=max_bin, feature_names=features)
+    validation_rows, valid = len(valid.label), None  # the quantised copy is all training needs
     history: dict = {}
     booster = xgb.train(
         params,
@@ -314,7 +309,7 @@ def train_ranker_batches(
         best_iteration=best,
         validation_ndcg=float(scores[best]),
         train_rows=int(batches.rows),
-        validation_rows=len(valid.label),
+        validation_rows=validation_rows,
         params=params,
     )
 
@@ -360,4 +355,4 @@ def score(model_bytes: bytes, frame: pd.DataFrame) -> np.ndarray:
         return np.zeros(0, dtype="float32")
     booster = load_booster(model_bytes)
     features = list(booster.feature_names or [])
-    return booster.predict(_dmatrix(frame, features, False))
+    return booster.predict(_dmatrix(frame, features))

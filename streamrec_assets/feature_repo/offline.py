@@ -2,11 +2,14 @@
 
 The feature views are *defined* by Feast: the source path, timestamp field, TTL,
 entity join keys and feature list all come from the ``FeatureView`` objects,
-fetched once per call from the registry. The join itself is one DuckDB query: an
-``ASOF LEFT JOIN`` per view over the files of only those daily partitions that
-the TTL lets the entity rows reach, so its cost follows the entity rows and the
-TTL, never the length of the feature history (Feast's own DuckDB store reads
-every partition ever written).
+fetched once per call from the registry. DuckDB executes it: per view it reads
+(only the needed columns of) the files of only those daily partitions that the TTL
+lets the entity rows reach, then one query ``ASOF LEFT JOIN``s the entity keys and
+timestamps to each view and returns, per entity row, the position of its feature
+row; the feature columns are gathered by position in Arrow. Its cost follows the
+entity rows and the TTL, never the length of the feature history (Feast's own
+DuckDB store reads every partition ever written, and carries every column of
+the entity frame through its joins).
 
 Semantics (those of Feast's ibis/DuckDB offline store, ``point_in_time_join``):
 for each entity row and view, the latest feature row of the same entity with
@@ -41,7 +44,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,7 +59,6 @@ _PARTITIONED = re.compile(r"^(?P<base>.+)/(?P<key>[A-Za-z_][A-Za-z0-9_]*)=\*/(?P
 #: A partition ``date=D`` holds the feature rows stamped ``D + STAMP_OFFSET`` (the end of the day).
 STAMP_OFFSET = timedelta(days=1)
 _DAY = timedelta(days=1)
-_US = 1_000_000
 _ROW, _TS = "__pit_row", "__pit_ts"
 _ISO_DAY = r"^\d{4}-\d{2}-\d{2}$"
 
@@ -289,23 +291,14 @@ def _entity_arrow(frame: pd.DataFrame, key_columns: list[str], timestamp_column:
     return pa.table(columns)
 
 
-def _iso_dates(column: pa.ChunkedArray):
-    """``<view>__date`` as 'YYYY-MM-DD' strings (the files hold them so already; dates/timestamps formatted)."""
+def _dates_need_formatting(column: pa.ChunkedArray) -> bool:
+    """False when a ``<view>__date`` column already holds only 'YYYY-MM-DD' strings (or nulls)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        if pc.all(pc.match_substring_regex(column, _ISO_DAY)).as_py() in (True, None):
-            return column.to_pandas()
-        import pandas as pd
-
-        values = column.to_pandas().astype(object)
-        known = values.notna()
-        values.loc[known] = pd.to_datetime(values.loc[known].astype(str)).dt.strftime("%Y-%m-%d")
-        return values
-    if pa.types.is_date(column.type) or pa.types.is_timestamp(column.type):
-        return pc.strftime(column, format="%Y-%m-%d").to_pandas()
-    return column.to_pandas()
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return True
+    return pc.all(pc.match_substring_regex(column, _ISO_DAY)).as_py() is False
 
 
 def _connect(filesystems: list):
@@ -328,9 +321,14 @@ def point_in_time_join(
 ) -> PitJoinResult:
     """Join the features of ``plans`` to ``entity_df`` as of each row's ``timestamp_column``.
 
-    ``entity_df`` keeps its columns, order and values; the feature columns follow. Only
-    the join keys and timestamps go to DuckDB (as Arrow), never the pass-through columns.
+    ``entity_df`` keeps its columns, order and values; the feature columns follow. Only the
+    join keys and timestamps go to DuckDB (as Arrow), never the pass-through columns. Per view,
+    the reachable feature rows are read once (only the needed columns), the ASOF JOIN yields for
+    each entity row the *position* of its feature row (null when none or expired), sorted
+    back to the entity order, and the feature columns are gathered by position in Arrow: no
+    wide rows travel through the join or the sort.
     """
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -341,81 +339,102 @@ def point_in_time_join(
     absent = [k for k in [timestamp_column, *key_columns] if k not in frame.columns]
     if absent:
         raise ValueError(f"The entity frame lacks column(s) {absent} needed to join {[p.name for p in plans]}.")
+    output = [out for p in plans for _, out in p.features]
     entities = _entity_arrow(frame, key_columns, timestamp_column)
     stamps = entities[_TS].drop_null()
-    output = [out for p in plans for _, out in p.features]
-    if len(stamps) == 0 or not plans:
-        feats = {out: pa.nulls(len(frame), t) for p in plans for out, t in p.types.items()}
-        result.frame = _assemble(frame, pa.table(feats) if feats else None, output)
-        return result
-    min_us, max_us = int(pc.min(stamps).as_py()), int(pc.max(stamps).as_py())
-    min_ts = datetime.fromtimestamp(0, timezone.utc) + timedelta(microseconds=min_us)
-    max_ts = datetime.fromtimestamp(0, timezone.utc) + timedelta(microseconds=max_us)
+    types = {out: t for p in plans for out, t in p.types.items()}
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+    reformat: set[str] = set()
 
-    joins, selects, filesystems = [], [], []
+    def finish() -> PitJoinResult:
+        gathered = {out: columns[out] if out in columns else pa.nulls(len(frame), types[out]) for out in output}
+        result.frame = _assemble(frame, pa.table(gathered) if gathered else None, output, reformat)
+        result.seconds["total"] = time.perf_counter() - started
+        return result
+
+    if len(stamps) == 0 or not plans:
+        return finish()
+    min_us, max_us = int(pc.min(stamps).as_py()), int(pc.max(stamps).as_py())
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    min_ts, max_ts = epoch + timedelta(microseconds=min_us), epoch + timedelta(microseconds=max_us)
+
     t0 = time.perf_counter()
-    for i, plan in enumerate(plans):
+    found = []
+    for plan in plans:
         first, last = reachable_days(min_ts, max_ts, plan.ttl)
         days, files, fs = partition_files(plan, first, last)
         result.partitions[plan.name], result.files[plan.name] = days, files
-        if not files:
-            continue  # nothing reachable: the view's columns are all null
-        filesystems.append(fs)
-        ttl_us = None if plan.ttl is None else int(plan.ttl / timedelta(microseconds=1))
-        lo_us = None if ttl_us is None else min_us - ttl_us
-        alias = f"__pit_f{i}"
-        on = [f"e.{_q(ent)} = {alias}.__pit_k{j}" for j, ent in enumerate(plan.join_keys.values())]
-        on.append(f"e.{_TS} >= {alias}.{_TS}")
-        joins.append(f"ASOF LEFT JOIN ({_view_query(plan, files, lo_us, max_us)}) {alias} ON {' AND '.join(on)}")
-        for _, out in plan.features:
-            value = f"{alias}.{_q(out)}"
-            if ttl_us is not None:  # inclusive, as Feast's feature_ts + ttl >= event_ts
-                value = f"CASE WHEN {alias}.{_TS} >= e.{_TS} - {ttl_us} THEN {value} END"
-            selects.append(f"{value} AS {_q(out)}")
+        found.append((plan, files, fs))
     result.seconds["list"] = time.perf_counter() - t0
     log.info(
-        "Point-in-time join of %d rows (%s .. %s): %s",
+        "Point-in-time join of %d rows (%s .. %s) read %s",
         len(frame), min_ts.isoformat(), max_ts.isoformat(),
         "; ".join(f"{v}: {_spans(d)}" for v, d in result.partitions.items()),
     )
+    if not any(files for _, files, _ in found):
+        return finish()
 
     t0 = time.perf_counter()
-    joined = None
-    if joins:
-        sql = f"SELECT {', '.join(selects)} FROM __pit_entities e {' '.join(joins)} ORDER BY e.{_ROW}"
-        con = _connect(filesystems)
-        try:
-            con.register("__pit_entities", entities)
-            joined = con.sql(sql).to_arrow_table()
-        finally:
-            con.close()
+    con = _connect([fs for _, files, fs in found if files])
+    try:
+        con.register("__pit_entities", entities)
+        tables, positions, joins = {}, [], []
+        for i, (plan, files, _) in enumerate(found):
+            if not files:
+                continue  # nothing reachable: the view's columns stay null
+            ttl_us = None if plan.ttl is None else int(plan.ttl / timedelta(microseconds=1))
+            lo_us = None if ttl_us is None else min_us - ttl_us
+            table = con.sql(_view_query(plan, files, lo_us, max_us)).to_arrow_table()
+            tables[i] = table
+            keys = [f"__pit_k{j}" for j in range(len(plan.join_keys))]
+            index = table.select([*keys, _TS]).append_column("__pit_i", pa.array(np.arange(len(table), dtype="int64")))
+            con.register(f"__pit_f{i}", index)
+            alias = f"f{i}"
+            on = [f"e.{_q(ent)} = {alias}.__pit_k{j}" for j, ent in enumerate(plan.join_keys.values())]
+            joins.append(f"ASOF LEFT JOIN __pit_f{i} {alias} ON {' AND '.join(on)} AND e.{_TS} >= {alias}.{_TS}")
+            position = f"{alias}.__pit_i"
+            if ttl_us is not None:  # inclusive, as Feast's feature_ts + ttl >= event_ts
+                position = f"CASE WHEN {alias}.{_TS} >= e.{_TS} - {ttl_us} THEN {position} END"
+            positions.append((i, f"{position} AS __pit_p{i}"))
+        sql = (f"SELECT {', '.join(p for _, p in positions)} FROM __pit_entities e {' '.join(joins)} "
+               f"ORDER BY e.{_ROW}")
+        picked = con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
     result.seconds["duckdb"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
-    columns = {}
-    for plan in plans:
-        for out, type_name in plan.types.items():
-            if joined is not None and out in joined.column_names:
-                columns[out] = joined[out]
-            else:
-                columns[out] = pa.chunked_array([pa.nulls(len(frame), type_name)])
-    result.frame = _assemble(frame, pa.table(columns), output)
+    for i, _ in positions:
+        plan, table = found[i][0], tables[i]
+        where = picked[f"__pit_p{i}"]
+        for _, out in plan.features:
+            columns[out] = table[out].take(where)
+            if out.endswith("__date") and _dates_need_formatting(table[out]):  # checked on the source rows
+                reformat.add(out)
+    finish()
     result.seconds["pandas"] = time.perf_counter() - t0
-    result.seconds["total"] = time.perf_counter() - started
     return result
 
 
-def _assemble(frame: pd.DataFrame, features: pa.Table | None, output: list[str]) -> pd.DataFrame:
+def _assemble(frame: pd.DataFrame, features: pa.Table | None, output: list[str], reformat: set[str]) -> pd.DataFrame:
+    """The entity frame, then the feature columns (converted in one go: per column is many times slower)."""
     import pandas as pd
 
     if features is None or not output:
         return frame
-    data = {}
-    for name in output:
-        column = features[name]
-        data[name] = _iso_dates(column) if name.endswith("__date") else column.to_pandas()
-    feats = pd.DataFrame(data, index=frame.index)
-    keep = [c for c in frame.columns if c not in data]
-    return pd.concat([frame[keep], feats], axis=1, copy=False)
+    features = features.select(output)
+    feats = features.to_pandas()
+    feats.index = frame.index
+    for name in sorted(reformat):  # '<view>__date' as 'YYYY-MM-DD' strings (the files hold them so already)
+        values = feats[name].astype(object)
+        known = values.notna()
+        values.loc[known] = pd.to_datetime(values.loc[known].astype(str)).dt.strftime("%Y-%m-%d")
+        feats[name] = values
+    # The entity columns go in front of the feature frame one by one: concat/join would copy
+    # (consolidate) every feature block, several times slower on a day of rows.
+    for position, column in enumerate(c for c in frame.columns if c not in set(output)):
+        feats.insert(position, column, frame[column])
+    return feats
 
 
 def _spans(days: list[str]) -> str:
