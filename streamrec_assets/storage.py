@@ -474,6 +474,9 @@ class Transaction:
         if self.files:
             with _commit_lock(store.root):
                 write_bytes(json.dumps({"txn": self.id, "label": self.label, "files": self.files}).encode(), journal)
+                # From here the journal is the truth: if applying fails part-way, the staged files must
+                # stay for the next reader or writer to roll forward (never abort a journaled commit).
+                self.state = "committing"
                 self._apply(store, self.id, self.files)
                 _remove_tree(store.path(f"{STAGING}/{self.id}"))
                 _delete(journal)

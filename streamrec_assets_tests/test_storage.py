@@ -154,3 +154,26 @@ def test_reader_names_missing_days_and_reads_empty_days_with_the_schema(store):
     assert len(reader.read_days(["2026-01-01", "2026-01-02", "2026-01-04"])) == 5
     with pytest.raises(KeyError, match="outside the requested partitions"):
         reader.read("2026-01-09")
+
+
+def test_a_commit_that_fails_part_way_keeps_its_journal_and_is_rolled_forward(store, monkeypatch):
+    day = "2026-01-06"
+    real = storage._move
+    calls = []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise ConnectionError("storage went away between the two tables")
+        return real(src, dst)
+
+    monkeypatch.setattr(storage, "_move", flaky)
+    with pytest.raises(ConnectionError), store.transaction() as txn:
+        txn.stage_table("raw_events", day, table(day, 7, "second"))
+        txn.stage_table("raw_events_dlq", day, table(day, 4, "second"))
+        txn.commit()
+    monkeypatch.setattr(storage, "_move", real)
+    assert not store.partition_path("raw_events_dlq", day).exists(), "half published so far"
+    reader = TableStore(store.uri).reader("raw_events_dlq", [day])  # the next reader rolls forward
+    assert reader.read(day)["tag"].unique().tolist() == ["second"]
+    assert published(store, "raw_events", day)["tag"].unique().tolist() == ["second"]
