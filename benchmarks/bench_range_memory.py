@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchlib import peak_mb
+from benchlib import peak_mb, run_in_fresh_process
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -45,8 +42,9 @@ def _settings(out: Path):
                     landing_uri=str(out / "landing"), start_date=START)
 
 
-def child(out: Path, start: str, end: str, selection: list[str]) -> dict:
+def child(out: str, start: str, end: str, selection: list[str]) -> dict:
     """Materialise ``selection`` over [start, end] in this process; returns time and peak memory."""
+    out = Path(out)
     import dagster as dg
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
@@ -69,19 +67,8 @@ def child(out: Path, start: str, end: str, selection: list[str]) -> dict:
 
 
 def run_child(out: Path, start: str, end: str, selection: list[str]) -> dict:
-    here = str(Path(__file__).parent)
-    code = (
-        f"import json, sys; sys.path.insert(0, {here!r}); from bench_range_memory import child; "
-        f"from pathlib import Path; print('RESULT ' + json.dumps(child(Path({str(out)!r}), {start!r}, {end!r}, "
-        f"{selection!r})))"
-    )
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "STREAMREC_START_DATE": START}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"measurement {start}..{end} failed")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_in_fresh_process("bench_range_memory", "child", str(out), start, end, selection,
+                                env={"STREAMREC_START_DATE": START}, cwd=REPO)
 
 
 def main(argv: list[str] | None = None) -> int:

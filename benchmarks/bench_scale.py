@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchlib import peak_mb
+from benchlib import peak_mb, run_in_fresh_process
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -65,8 +63,9 @@ def _settings(out: Path):
                     landing_uri=str(out / "landing"), start_date=START)
 
 
-def child(out: Path, selection: list[str], start: str | None, end: str | None) -> dict:
+def child(out: str, selection: list[str], start: str | None, end: str | None) -> dict:
     """Materialise ``selection`` (one day, a range, or unpartitioned) in this process."""
+    out = Path(out)
     import dagster as dg
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
@@ -90,18 +89,8 @@ def child(out: Path, selection: list[str], start: str | None, end: str | None) -
 
 
 def run_child(out: Path, selection, start, end) -> dict:
-    here = str(Path(__file__).parent)
-    code = (
-        f"import json, sys; sys.path.insert(0, {here!r}); from bench_scale import child; from pathlib import Path; "
-        f"print('RESULT ' + json.dumps(child(Path({str(out)!r}), {list(selection)!r}, {start!r}, {end!r})))"
-    )
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "STREAMREC_START_DATE": START}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-6000:])
-        raise SystemExit(f"{selection} {start}..{end} failed")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_in_fresh_process("bench_scale", "child", str(out), list(selection), start, end,
+                                env={"STREAMREC_START_DATE": START}, cwd=REPO)
 
 
 def measure_volume(out: Path, events: int, log) -> dict[str, dict]:
