@@ -24,11 +24,14 @@ TINY_EVENTS = 600
 
 
 def tiny_settings(root) -> Settings:
+    # The MLflow URI is explicit: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI into this
+    # process's environment, which Settings would otherwise pick up from an earlier test's graph.
     return Settings(
         home=str(root),
         storage_uri=str(root / "storage"),
         landing_uri=str(root / "landing"),
         start_date=START,
+        mlflow_tracking_uri=f"sqlite:///{root}/mlflow/mlflow.db",
     )
 
 

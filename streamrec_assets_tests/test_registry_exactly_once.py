@@ -120,8 +120,9 @@ def _apply_feast(settings: Settings) -> None:
 
 
 def _settings(root: Path) -> Settings:
-    return Settings(home=str(root), storage_uri=str(root / "storage"), landing_uri=str(root / "landing"),
-                    start_date="2026-01-01")
+    from streamrec_assets_tests.conftest import tiny_settings
+
+    return tiny_settings(root)
 
 
 def _instance(home: Path) -> dg.DagsterInstance:
