@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -84,11 +84,6 @@ def history_days(day: str, first_day: str, window: int = max(WINDOWS)) -> int:
     if span < 1:
         raise ValueError(f"feature day {day} is before the first day of history {first_day}")
     return min(window, span)
-
-
-def window_days(day: str, window: int) -> list[str]:
-    d = date.fromisoformat(day)
-    return [(d - timedelta(days=k)).isoformat() for k in range(window - 1, -1, -1)]
 
 
 def rolling_features(
