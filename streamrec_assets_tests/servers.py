@@ -59,6 +59,18 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session=True``), SIGKILL if it lingers."""
+    import os
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 class SeaweedServer:
     """SeaweedFS (master, volume, filer, S3 gateway) on fixed free ports and one data directory,
     with one identity and a bucket; :meth:`stop` and :meth:`start` again keep the data and the

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from streamrec_assets.storage import read_bytes, storage_path
+from streamrec_assets_tests.servers import stop_group
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -197,11 +198,7 @@ def test_killed_run_is_failed_and_frees_its_pool_slot(world, tmp_path):
     finally:
         if second_cli is not None and second_cli.poll() is None:
             second_cli.kill()
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        stop_group(daemon)
         log.close()
 
     print(f"\nSIGKILL -> FAILURE {failed_s:.1f}s, -> slot free {freed_s:.1f}s, -> second run done {second_s:.1f}s")

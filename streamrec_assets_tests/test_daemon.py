@@ -9,7 +9,6 @@ carries it through features, Feast, training, models, the registry and serving.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import dagster as dg
 import pytest
 
 from streamrec_assets import datagen
+from streamrec_assets_tests.servers import stop_group
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -107,11 +107,7 @@ def test_new_landing_day_flows_to_a_registered_model(env, tmp_path):
             pytest.fail(f"{new_day} did not reach registered_model in {TIMEOUT_S}s; runs: {states}\n"
                         f"{(tmp_path / 'daemon.log').read_text()[-3000:]}")
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        stop_group(daemon)
         log.close()
 
     launched = [r for r in runs(env["DAGSTER_HOME"]) if r.tags.get("dagster/partition") == new_day]
