@@ -120,10 +120,7 @@ def ingested_sha256(instance, day: str) -> str | None:
     )
     if not result.records:
         return None
-    metadata = result.records[0].asset_materialization.metadata
-    per_day = metadata.get("per_day")
-    if per_day is not None and day in (per_day.value or {}):  # a range run: every day's figures
-        return (per_day.value[day] or {}).get("landing_sha256")
+    metadata = result.records[0].asset_materialization.metadata  # each partition carries its own figures
     sha = metadata.get("landing_sha256")
     return str(sha.value) if sha is not None else None
 
@@ -355,47 +352,57 @@ def recovery_alerts(context: dg.RunStatusSensorContext):
     _send(context, Alert(Severity.P3, title, details, run_id=run.run_id, asset=assets, partition=partition))
 
 
-def _not_promoted_days(metadata) -> list[tuple[str, str]]:
-    """(day, reason) of each day a run decided to keep the champion (``status`` = champion_kept)."""
-    per_day = metadata.get("per_day")
-    if per_day is not None and per_day.value:
-        return [(d, str(m.get("decision", ""))) for d, m in sorted(per_day.value.items())
-                if (m or {}).get("status") == "champion_kept"]
+def _not_promoted(metadata) -> str | None:
+    """The decision text when this partition's run kept the champion (``status`` = champion_kept)."""
     status = metadata.get("status")
+    decision = str(getattr(metadata.get("decision"), "value", ""))
     if status is not None:
-        return [("", str(getattr(metadata.get("decision"), "value", "")))] if status.value == "champion_kept" else []
+        return decision if status.value == "champion_kept" else None
     promoted = metadata.get("promoted")  # a record from before typed statuses
-    return [] if promoted is None or promoted.value else [("", str(getattr(metadata.get("decision"), "value", "")))]
+    return None if promoted is None or promoted.value else decision
 
 
-@dg.asset_sensor(
-    asset_key=dg.AssetKey("registered_model"),
+@dg.sensor(
     name="model_promotion_alerts",
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=get_settings().sensor_interval_seconds,
-    description="P2 when a run decided not to promote a new model version (once per decision: a run that "
-    "reused a recorded decision does not alert again).",
+    description="P2 when a run decided not to promote a new model version: one alert per run, naming every "
+    "day it kept the champion (a run that reused a recorded decision does not alert again).",
 )
-def model_promotion_alerts(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+def model_promotion_alerts(context: dg.SensorEvaluationContext):
     from streamrec_assets.alerts import Alert, Severity
 
-    materialization = asset_event.asset_materialization
-    kept = _not_promoted_days(materialization.metadata if materialization else {})
-    if not kept:
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("registered_model"), after_storage_id=after),
+        limit=1000, ascending=True,
+    ).records
+    if not records:
+        return dg.SkipReason("no new registered_model materialisation")
+    kept_by_run: dict[str, list[tuple[str, str]]] = {}
+    for record in records:  # each partition carries its own decision, also inside a range
+        materialization = record.asset_materialization
+        decision = _not_promoted(materialization.metadata if materialization else {})
+        if decision is not None:
+            kept_by_run.setdefault(record.run_id, []).append((record.partition_key or "", decision))
+    context.update_cursor(str(records[-1].storage_id))
+    for run_id, kept in kept_by_run.items():
+        days = sorted(d for d, _ in kept)
+        partition = days[0] if len(days) == 1 else f"{days[0]}..{days[-1]} ({len(days)} days)"
+        _send(
+            context,
+            Alert(
+                Severity.P2,
+                f"registered_model{f' for {partition}' if partition else ''}: new ranker not promoted; the champion stays",
+                "\n".join(f"{d + ': ' if d else ''}{reason}" for d, reason in sorted(kept))[:1500],
+                run_id=run_id,
+                asset="registered_model",
+                partition=partition,
+            ),
+        )
+    if not kept_by_run:
         return dg.SkipReason("no promotion decided against (promoted, reused, or nothing registered)")
-    days = [d for d, _ in kept if d] or [materialization.partition or ""]
-    partition = days[0] if len(days) == 1 else f"{days[0]}..{days[-1]} ({len(days)} days)"
-    _send(
-        context,
-        Alert(
-            Severity.P2,
-            f"registered_model{f' for {partition}' if partition else ''}: new ranker not promoted; the champion stays",
-            "\n".join(f"{d + ': ' if d else ''}{reason}" for d, reason in kept)[:1500],
-            run_id=asset_event.run_id,
-            asset="registered_model",
-            partition=partition,
-        ),
-    )
+    return None
 
 
 @dg.sensor(

@@ -2,7 +2,8 @@
 
 Subcommands are registered by small ``_add_<name>`` functions that attach a handler
 with ``set_defaults(func=...)``; a handler takes the parsed namespace and returns an
-exit code.  Only ``generate`` exists for now (``backfill`` is meant to follow).
+exit code: ``generate`` (the synthetic landing zone), ``feast-config`` (a feature_store.yaml for
+the ``feast`` CLI) and ``backfill`` (sequential, parallel or prioritized partition backfills).
 """
 
 from __future__ import annotations

@@ -223,22 +223,26 @@ def test_webhook_delivery_is_slack_compatible(receiver):
     assert send(Alert(Severity.P0, "down"), "http://127.0.0.1:9/nothing") == ["log"], "delivery failure never raises"
 
 
-def _registry_event(instance, metadata):
+def _registry_event(instance, metadata, cursor=None) -> str | None:
+    """One registered_model materialisation, then a sensor tick from ``cursor``; returns the new cursor."""
     @dg.asset(name="registered_model", partitions_def=daily)
     def fake_registry():
         return dg.MaterializeResult(metadata=metadata)
 
     dg.materialize([fake_registry], instance=instance, partition_key=DAY)
-    list(model_promotion_alerts(dg.build_sensor_context(instance=instance)) or [])
+    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    model_promotion_alerts(context)
+    return context.cursor
 
 
 def test_model_not_promoted_is_p2_once_per_decision(receiver, instance):
-    _registry_event(instance, {"status": "champion_kept", "promoted": False,
-                               "decision": "challenger 0.70 < champion 0.72"})
+    cursor = _registry_event(instance, {"status": "champion_kept", "promoted": False,
+                                        "decision": "challenger 0.70 < champion 0.72"})
     assert [b["severity"] for b in receiver.bodies] == ["P2"]
     assert "0.70 < champion 0.72" in receiver.bodies[0]["text"] and DAY in receiver.bodies[0]["title"]
-    _registry_event(instance, {"status": "reused", "promoted": False, "decision": "decided by run x: ..."})
-    _registry_event(instance, {"status": "skipped", "promoted": False, "decision": "no trained ranker"})
+    cursor = _registry_event(instance, {"status": "reused", "promoted": False, "decision": "decided by run x: ..."},
+                             cursor)
+    _registry_event(instance, {"status": "skipped", "promoted": False, "decision": "no trained ranker"}, cursor)
     assert len(receiver.bodies) == 1, "a reused decision or a skipped day does not alert again"
 
 

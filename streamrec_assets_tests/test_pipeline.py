@@ -85,7 +85,7 @@ def test_features_equal_recomputation_from_raw_events(pipeline):
 
 
 def test_asset_metadata_tells_the_story(pipeline):
-    _, instance, _ = pipeline
+    settings, instance, _ = pipeline
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_events"), asset_partitions=[END]), limit=1
     ).records
@@ -93,12 +93,25 @@ def test_asset_metadata_tells_the_story(pipeline):
     for key in ("dagster/row_count", "landing_records", "rejected", "duplicates", "failure_rate",
                 "landing_sha256", "preview", "dagster/column_schema"):
         assert key in meta, key
-    per_day = meta["per_day"].value  # a range run: every day's figures
-    assert per_day[END]["rejected"] + per_day[END]["valid"] == per_day[END]["landing_records"]
-    assert meta["dagster/row_count"].value == per_day[END]["rows"], "the row count is the day's, not the range's"
-    feats = instance.get_latest_materialization_event(dg.AssetKey("user_features")).asset_materialization.metadata
+    assert meta["rejected"].value + meta["valid"].value == meta["landing_records"].value
+    # each partition of the single-run range carries its own figures, equal to what storage holds
+    for day in ("2026-01-01", "2026-01-09", END):
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_events"), asset_partitions=[day]), limit=1
+        ).records[0]
+        assert record.asset_materialization.metadata["dagster/row_count"].value == len(read(settings, "raw_events", [day]))
+    feats = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("user_features"), asset_partitions=["2026-01-01"]), limit=1
+    ).records[0].asset_materialization.metadata
     assert feats["feature_columns"].value >= 30
-    assert feats["per_day"].value["2026-01-01"]["history_days"] == 1
+    assert feats["history_days"].value == 1
+    # checks are evaluated per partition, against that partition's materialisation
+    check = dg.AssetCheckKey(dg.AssetKey("raw_events"), "contract")
+    infos = {i.partition_key: i for i in instance.event_log_storage.get_asset_check_partition_info([check])}
+    assert {"2026-01-01", "2026-01-09", END} <= set(infos)
+    assert all(i.latest_execution_status.value == "SUCCEEDED" for k, i in infos.items() if k)
+    assert all(i.latest_target_materialization_storage_id == i.latest_materialization_storage_id
+               for k, i in infos.items() if k)
 
 
 def test_rematerialising_a_partition_replaces_it(pipeline):

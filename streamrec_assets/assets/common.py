@@ -34,13 +34,28 @@ if TYPE_CHECKING:
 CONTRACT_CHECK = "contract"
 
 
-def contract_check_spec(asset: str, description: str | None = None) -> dg.AssetCheckSpec:
+def check_spec(
+    name: str, asset: str, description: str, *, blocking: bool = False, partitioned: bool = True
+) -> dg.AssetCheckSpec:
+    """A check of ``asset``; partitioned like the daily assets, so each day has its own result."""
+    import warnings
+
+    from streamrec_assets.partitions import daily_partitions
+
+    with warnings.catch_warnings():  # partitioned checks are a preview feature of Dagster 1.13
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(
+            name, asset=asset, blocking=blocking, description=description,
+            partitions_def=daily_partitions if partitioned else None,
+        )
+
+
+def contract_check_spec(asset: str, description: str | None = None, *, partitioned: bool = True) -> dg.AssetCheckSpec:
     """A blocking check: a failed contract keeps the value out of storage and stops everything downstream."""
-    return dg.AssetCheckSpec(
-        CONTRACT_CHECK,
-        asset=asset,
-        blocking=True,
-        description=description or f"The {asset} table satisfies its pandera schema (streamrec_assets.contracts).",
+    return check_spec(
+        CONTRACT_CHECK, asset,
+        description or f"The {asset} table satisfies its pandera schema (streamrec_assets.contracts).",
+        blocking=True, partitioned=partitioned,
     )
 
 
@@ -164,16 +179,24 @@ def run_days(
     compute: Callable[[str], DayResult],
     days: Sequence[str] | None = None,
     summarize: Callable[[str, dict[str, dict[str, Any]]], dict[str, Any]] | None = None,
-) -> Iterator[dg.MaterializeResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Write-audit-publish each day of the step in order; then one MaterializeResult per asset.
 
-    ``summarize(asset, per_day_metadata)`` may add range-level metadata; by default the
-    step reports the last day's figures plus ``partitions_written`` and, for ranges,
-    ``per_day`` (every day's figures).
+    Every partition gets its own metadata (``context.add_asset_metadata(partition_key=D)``)
+    and its own check evaluations, also inside a single-run range, so the UI's partition
+    plots show each day's figures. The step's own result carries only range-level facts
+    (``partitions_written``) and, via ``summarize(asset, per_day_metadata)``, anything else.
+
+    A multi-asset step writes all of ``assets`` together even when only some are selected
+    (they are one day's consistent output); the ones not selected are recorded as runtime
+    materialisations, so Dagster's record matches storage. If a day fails its audit, the
+    days already published in this step are recorded the same way before the step fails.
     """
     days = list(days if days is not None else context.partition_keys)
+    ranged = len(days) > 1
     blocking = blocking_checks(context)
-    spec_keys = {(s.asset_key.to_user_string(), s.name) for s in context.assets_def.check_specs}
+    selected = {k.to_user_string() for k in context.selected_asset_keys}
+    selected_checks = {(k.asset_key.to_user_string(), k.name) for k in context.selected_asset_check_keys}
     per_day: dict[str, dict[str, dict[str, Any]]] = {a: {} for a in assets}
     checks_seen: dict[tuple[str, str], list[tuple[str, dg.AssetCheckResult]]] = {}
     for day in days:
@@ -181,26 +204,100 @@ def run_days(
             result = compute(day)
             checks = publish_day(storage, day, result, blocking, label=f"{','.join(assets)}@{day}")
         except AuditFailedError as err:
+            _record_published(context, per_day, set(assets))  # days before this one are in storage
             for check in _failed_checks_of(err):
-                yield check  # the UI shows which check failed, on which day
+                if ranged:
+                    _log_check(context, check, day, None)
+                else:
+                    yield check  # the UI shows which check failed, on which day
             raise persistent_failure(err) from err
         except PersistentDataError as err:
+            _record_published(context, per_day, set(assets))
             raise persistent_failure(err) from err
         for check in checks:
-            checks_seen.setdefault(_check_key(check), []).append((day, check))
+            if _check_key(check) in selected_checks:
+                checks_seen.setdefault(_check_key(check), []).append((day, check))
         for asset in assets:
-            per_day[asset][day] = dict(result.metadata.get(asset, {}))
+            figures = dict(result.metadata.get(asset, {}))
             if asset in result.tables:
-                per_day[asset][day].setdefault("rows", len(result.tables[asset]))
+                figures.setdefault("rows", len(result.tables[asset]))
+            per_day[asset][day] = figures
+            if asset in selected:
+                context.add_asset_metadata(partition_metadata(figures), asset_key=asset, partition_key=day)
         context.log.info(f"{day}: published {', '.join(assets)}")
+    _record_published(context, per_day, set(assets) - selected)
     for asset in assets:
-        metadata = _summary(per_day[asset], days)
+        if asset not in selected:
+            continue
+        metadata: dict[str, Any] = {"partitions_written": len(per_day[asset])}
         if summarize is not None:
             metadata.update(summarize(asset, per_day[asset]))
-        results = [
-            _merge_checks(key, seen) for key, seen in checks_seen.items() if key[0] == asset and key in spec_keys
-        ]
-        yield dg.MaterializeResult(asset_key=asset, metadata=metadata, check_results=results)
+        mine = {key: seen for key, seen in checks_seen.items() if key[0] == asset}
+        if not ranged:
+            results = [seen[-1][1] for seen in mine.values()]
+            yield dg.MaterializeResult(asset_key=asset, metadata=metadata, check_results=results)
+            continue
+        yield dg.MaterializeResult(asset_key=asset, metadata=metadata)
+        # now that each partition's materialisation exists, record each day's evaluation against it
+        targets = _materializations_of_run(context, asset, days)
+        for (_, _name), seen in mine.items():
+            for day, check in seen:
+                _log_check(context, check, day, targets.get(day))
+        for key, seen in mine.items():
+            yield _merge_checks(key, seen)  # the check's step output: the range as a whole
+
+
+def partition_metadata(figures: dict[str, Any]) -> dict[str, Any]:
+    """One day's figures as Dagster metadata: ``rows`` becomes ``dagster/row_count``."""
+    metadata = {k: v for k, v in figures.items() if k != "rows" and v is not None}
+    if figures.get("rows") is not None:
+        metadata["dagster/row_count"] = int(figures["rows"])
+    return metadata
+
+
+def _record_published(
+    context: dg.AssetExecutionContext, per_day: dict[str, dict[str, dict[str, Any]]], assets: set[str]
+) -> None:
+    """Runtime materialisation events for days this step published outside its own outputs."""
+    for asset in sorted(assets):
+        for day, figures in per_day.get(asset, {}).items():
+            context.log_event(
+                dg.AssetMaterialization(asset_key=asset, partition=day, metadata=partition_metadata(figures))
+            )
+
+
+def _materializations_of_run(context: dg.AssetExecutionContext, asset: str, days: Sequence[str]) -> dict[str, Any]:
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=list(days)), limit=len(days) * 2
+    ).records
+    return {r.partition_key: r for r in records if r.run_id == context.run.run_id}
+
+
+def _log_check(context: dg.AssetExecutionContext, check: dg.AssetCheckResult, day: str, target: Any) -> None:
+    """One partition's check evaluation, linked to that partition's materialisation when known."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluation,
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    asset, name = _check_key(check)
+    spec = next((s for s in context.assets_def.check_specs if (s.asset_key.to_user_string(), s.name) == (asset, name)),
+                None)
+    context.log_event(
+        AssetCheckEvaluation(
+            asset_key=dg.AssetKey.from_user_string(asset),
+            check_name=name,
+            passed=check.passed,
+            metadata=check.metadata,
+            severity=check.severity,
+            description=check.description,
+            blocking=bool(spec and spec.blocking),
+            partition=day,
+            target_materialization_data=None if target is None else AssetCheckEvaluationTargetMaterializationData(
+                storage_id=target.storage_id, run_id=target.run_id, timestamp=target.timestamp
+            ),
+        )
+    )
 
 
 def _failed_checks_of(err: AuditFailedError) -> list[dg.AssetCheckResult]:
@@ -227,35 +324,6 @@ def _merge_checks(key: tuple[str, str], seen: list[tuple[str, dg.AssetCheckResul
             metadata["failed_partitions"] = ", ".join(failed_days)
     return dg.AssetCheckResult(asset_key=asset, check_name=name, passed=passed, metadata=metadata,
                                severity=last.severity)
-
-
-def _summary(per_day: dict[str, dict[str, Any]], days: Sequence[str]) -> dict[str, Any]:
-    """Metadata of a step: the last day's figures, and every day's for a range."""
-    if not per_day:
-        return {}
-    last = per_day[days[-1]] if days[-1] in per_day else next(reversed(per_day.values()))
-    metadata: dict[str, Any] = {k: v for k, v in last.items() if k != "rows"}
-    rows = {d: m.get("rows") for d, m in per_day.items() if m.get("rows") is not None}
-    if rows:
-        metadata["dagster/row_count"] = int(rows.get(days[-1], 0))
-    metadata["partitions_written"] = len(per_day)
-    if len(per_day) > 1:  # every day's figures (scalars only: no schema or preview per day)
-        metadata["per_day"] = dg.MetadataValue.json(
-            {d: {k: _jsonable(v) for k, v in m.items() if _is_figure(v)} for d, m in per_day.items()}
-        )
-    return metadata
-
-
-def _is_figure(value: Any) -> bool:
-    """A number, string or flag (what a per-day table of figures holds)."""
-    import numpy as np
-
-    if isinstance(value, dg.MetadataValue) and not isinstance(
-        value, dg.IntMetadataValue | dg.FloatMetadataValue | dg.TextMetadataValue | dg.BoolMetadataValue
-    ):
-        return False  # markdown previews, schemas, JSON blobs
-    value = getattr(value, "value", value)
-    return value is None or isinstance(value, int | float | str | bool | np.generic)
 
 
 def _jsonable(value: Any) -> Any:

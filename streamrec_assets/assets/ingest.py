@@ -7,6 +7,7 @@ from pydantic import Field
 
 from streamrec_assets.assets.common import (
     DayResult,
+    check_spec,
     contract_check_spec,
     day_metadata,
     publish_table,
@@ -32,7 +33,7 @@ def _read_catalog(landing: LandingZone, name: str) -> pd.DataFrame:
     group_name=GROUP,
     kinds={"parquet"},
     backfill_policy=single_run,  # lets `--select '*' --partition-range` include the catalogues
-    check_specs=[contract_check_spec("user_catalog")],
+    check_specs=[contract_check_spec("user_catalog", partitioned=False)],
     retry_policy=STORAGE_RETRY,
     description="The user dimension (signup date, country) from the landing zone's catalogue export. "
     "Published only when it passes its contract: a bad catalogue never replaces the good one.",
@@ -46,7 +47,7 @@ def user_catalog(context: dg.AssetExecutionContext, landing: LandingZone, storag
     group_name=GROUP,
     kinds={"parquet"},
     backfill_policy=single_run,
-    check_specs=[contract_check_spec("item_catalog")],
+    check_specs=[contract_check_spec("item_catalog", partitioned=False)],
     retry_policy=STORAGE_RETRY,
     description="The item dimension (genre, duration, release date) from the landing zone's catalogue export. "
     "Published only when it passes its contract: a bad catalogue never replaces the good one.",
@@ -99,20 +100,23 @@ BUDGET_CHECK = "within_failure_budget"
     check_specs=[
         contract_check_spec("raw_events"),
         contract_check_spec("raw_events_dlq"),
-        dg.AssetCheckSpec(
+        check_spec(
             RECONCILE_CHECK,
-            asset="raw_events",
+            "raw_events",
+            "valid + rejected records = records in the landing file = records in its marker.",
             blocking=True,
-            description="valid + rejected records = records in the landing file = records in its marker.",
         ),
-        dg.AssetCheckSpec(
+        check_spec(
             BUDGET_CHECK,
-            asset="raw_events",
-            blocking=True,
-            description="Contract violations (duplicates excluded) stay within max_failure_rate; otherwise "
+            "raw_events",
+            "Contract violations (duplicates excluded) stay within max_failure_rate; otherwise "
             "neither table of the day is published and both are quarantined.",
+            blocking=True,
         ),
     ],
+    # Either table can be selected alone (CLI, UI): the step still writes both tables of a day
+    # together and records the unselected one as a runtime materialisation (see run_days).
+    can_subset=True,
     retry_policy=STORAGE_RETRY,
 )
 def raw_events(

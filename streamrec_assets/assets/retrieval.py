@@ -133,6 +133,7 @@ def _play_events(raw_events: PartitionReader, day: str):
         ),
     },
     check_specs=[contract_check_spec(name) for name in COPLAY_ASSETS],
+    can_subset=True,  # any of the three can be selected; the step still writes the day's three together
     retry_policy=STORAGE_RETRY,
 )
 def daily_coplay(context: dg.AssetExecutionContext, storage: Storage, raw_events: PartitionReader):

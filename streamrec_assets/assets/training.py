@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from streamrec_assets.assets.common import DayResult, contract_check_spec, day_metadata, run_days
+from streamrec_assets.assets.common import DayResult, check_spec, contract_check_spec, day_metadata, run_days
 from streamrec_assets.automation import EAGER_GATED, STORAGE_RETRY
 from streamrec_assets.partitions import daily_partitions, previous_day_mapping, single_run
 from streamrec_assets.resources import FeastResource, Storage
@@ -21,11 +21,11 @@ LEAKAGE_CHECK = "no_feature_leakage"
     deps=[dg.AssetDep("feast_feature_views", partition_mapping=previous_day_mapping)],
     check_specs=[
         contract_check_spec("training_examples"),
-        dg.AssetCheckSpec(
+        check_spec(
             LEAKAGE_CHECK,
-            asset="training_examples",
+            "training_examples",
+            "No example carries a feature row from its own day or later.",
             blocking=True,
-            description="No example carries a feature row from its own day or later.",
         ),
     ],
     retry_policy=STORAGE_RETRY,

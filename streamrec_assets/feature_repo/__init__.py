@@ -17,6 +17,7 @@ writes the same configuration for the ``feast`` CLI (see README).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -62,9 +63,32 @@ def source_path(storage_uri: str, view: str) -> str:
     return f"{storage_uri.rstrip('/')}/{view}/date=*/data.parquet"
 
 
+class _QuietServeWhileMaterializing(logging.Filter):
+    """Feast warns that ``serve_features_while_materializing`` targets SQL registries; it works
+    for ours too (test_pit_join proves it), so the warning on every store is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "serve_features_while_materializing" not in record.getMessage()
+
+
+logging.getLogger("feast.repo_config").addFilter(_QuietServeWhileMaterializing())
+
+
+def registry_settings(fs: FeastSettings) -> dict:
+    """The registry: written atomically when local (readers never see a partial file), and
+    serving the last materialised values while another run materialises (Feast's
+    ``serve_features_while_materializing``), so concurrent runs never fail on each other."""
+    from streamrec_assets.feature_repo.registry_store import CLASS_PATH
+
+    settings: dict = {"path": fs.registry_path, "serve_features_while_materializing": True}
+    if not fs.on_s3:
+        settings["registry_store_type"] = CLASS_PATH
+    return settings
+
+
 def repo_config(fs: FeastSettings) -> RepoConfig:
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
-    from feast.repo_config import RepoConfig
+    from feast.repo_config import RegistryConfig, RepoConfig
 
     if fs.online_store == "redis":
         from feast.infra.online_stores.redis import RedisOnlineStoreConfig
@@ -79,7 +103,7 @@ def repo_config(fs: FeastSettings) -> RepoConfig:
     return RepoConfig(
         project=PROJECT,
         provider="local",
-        registry=fs.registry_path,
+        registry=RegistryConfig(**registry_settings(fs)),
         offline_store=DuckDBOfflineStoreConfig(),
         online_store=online,
         entity_key_serialization_version=3,
@@ -231,7 +255,7 @@ def write_feature_store_yaml(fs: FeastSettings, path: str) -> str:
     config = {
         "project": PROJECT,
         "provider": "local",
-        "registry": fs.registry_path,
+        "registry": registry_settings(fs),
         "offline_store": {"type": "duckdb"},
         "online_store": online,
         "entity_key_serialization_version": 3,
