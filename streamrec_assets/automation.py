@@ -125,6 +125,19 @@ def ingested_sha256(instance, day: str) -> str | None:
     return str(sha.value) if sha is not None else None
 
 
+def catalogs_ingested_from(instance, fingerprint: str) -> bool:
+    """Whether both catalogues' latest materialisations read these very catalogue files."""
+    from streamrec_assets.landing import CATALOG_FINGERPRINT
+
+    for asset in CATALOG_ASSETS:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+        recorded = metadata.get(CATALOG_FINGERPRINT)
+        if recorded is None or recorded.value != fingerprint:
+            return False
+    return True
+
+
 @dg.sensor(
     name="landing_zone_sensor",
     target=dg.AssetSelection.assets(*CATALOG_ASSETS, *INGEST_ASSETS),
@@ -140,7 +153,7 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingZon
     seen: dict[str, str] = cursor.get("days", {})
     requests: list[dg.RunRequest] = []
     catalog = landing.catalog_fingerprint()
-    if catalog != cursor.get("catalog"):
+    if catalog != cursor.get("catalog") and not catalogs_ingested_from(context.instance, catalog):
         requests.append(dg.RunRequest(run_key=f"catalog:{catalog[:16]}", asset_selection=[dg.AssetKey(a) for a in CATALOG_ASSETS]))
     keys = daily_partitions.get_partition_keys()
     delivered = landing.delivered_days()

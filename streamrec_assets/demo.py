@@ -13,10 +13,10 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from streamrec_assets.settings import get_settings
+from streamrec_assets.settings import START_DATE_FILE, get_settings
 
 PARTITIONED = (
     "raw_events",
@@ -89,34 +89,41 @@ def _days(start: str, end: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     parser = argparse.ArgumentParser(prog="streamrec-demo", description=__doc__)
-    parser.add_argument("--start", default=settings.start_date)
+    yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+    parser.add_argument("--end", default=yesterday, help="last day (default: yesterday, UTC: the newest partition)")
     parser.add_argument("--days", type=int, default=35)
     parser.add_argument("--events-per-day", type=int, default=8000)
     parser.add_argument("--users", type=int, default=400)
     parser.add_argument("--items", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    end = (date.fromisoformat(args.start) + timedelta(days=args.days - 1)).isoformat()
+    end = args.end
+    start = (date.fromisoformat(end) - timedelta(days=args.days - 1)).isoformat()
+    # The partitions start where the demo's data does: recorded for `make dev` and later runs
+    # (STREAMREC_START_DATE still overrides it).
+    Path(settings.home).mkdir(parents=True, exist_ok=True)
+    (Path(settings.home) / START_DATE_FILE).write_text(start + "\n")
 
     from streamrec_assets import datagen
 
     t0 = time.perf_counter()
     print(f"Landing zone: {settings.landing_uri}\nAsset storage: {settings.storage_uri}")
     datagen.generate(
-        settings.landing_uri, args.start, end, args.events_per_day, args.seed, users=args.users, items=args.items
+        settings.landing_uri, start, end, args.events_per_day, args.seed, users=args.users, items=args.items
     )
-    print(f"Generated {args.days} days ({args.start}..{end}) in {time.perf_counter() - t0:.1f}s")
+    print(f"Generated {args.days} days ({start}..{end}) in {time.perf_counter() - t0:.1f}s")
 
-    env = {**os.environ, "DAGSTER_HOME": dagster_home(settings.home), "STREAMREC_HOME": settings.home}
+    env = {**os.environ, "DAGSTER_HOME": dagster_home(settings.home), "STREAMREC_HOME": settings.home,
+           "STREAMREC_START_DATE": start}
     from streamrec_assets.automation import pool_limit_commands
 
     for cmd in pool_limit_commands():
         subprocess.run(cmd, env=env, check=True, capture_output=True)
     t1 = time.perf_counter()
-    materialize("*", args.start, end, env)
-    print(f"Materialised the graph for {args.start}...{end} in {time.perf_counter() - t1:.1f}s\n")
+    materialize("*", start, end, env)
+    print(f"Materialised the graph for {start}...{end} in {time.perf_counter() - t1:.1f}s\n")
 
-    summary = summarize(settings.storage_uri, args.start, end)
+    summary = summarize(settings.storage_uri, start, end)
     print(f"{'asset':<22}{'partitions':>11}{'rows':>12}")
     for row in summary:
         print(f"{row['asset']:<22}{row['partitions']:>11}{row['rows']:>12,}")

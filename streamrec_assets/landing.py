@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 MARKER_NAME = "_SUCCESS"
 CATALOGS = ("users", "items")
 GZIP_MAGIC = b"\x1f\x8b"
+#: Metadata key of the catalogue assets: the fingerprint of the catalogue files they were read
+#: from (:meth:`Landing.catalog_fingerprint`); the landing_zone_sensor does not re-ingest
+#: catalogues that a CLI run or the demo already read.
+CATALOG_FINGERPRINT = "landing_catalog_fingerprint"
 
 
 def events_relpath(day: str) -> str:

@@ -13,6 +13,11 @@ from datetime import date
 from pathlib import Path
 
 DEFAULT_START_DATE = "2026-01-01"
+START_DATE_FILE = "start_date"
+#: How a run executes its steps (STREAMREC_EXECUTOR): a process per step forked from a server that
+#: has the heavy modules imported already (default), a fresh spawned process per step, or all steps
+#: in the run's own process.
+EXECUTORS = ("forkserver", "multiprocess", "in_process")
 
 
 def _env(name: str, default: str) -> str:
@@ -37,6 +42,18 @@ def _date(name: str, default: str) -> str:
     return raw
 
 
+def demo_start_date(home: str) -> str:
+    """The first day `make demo` generated under ``home`` (it records it in ``<home>/start_date``,
+    so the UI's partitions start where the demo's data does), else :data:`DEFAULT_START_DATE`."""
+    path = Path(home) / START_DATE_FILE
+    try:
+        recorded = path.read_text().strip()
+        date.fromisoformat(recorded)
+        return recorded
+    except (OSError, ValueError):
+        return DEFAULT_START_DATE
+
+
 def _uri(raw: str) -> str:
     """Local paths become absolute; URIs with a scheme (s3://…) pass through."""
     if "://" in raw:
@@ -51,7 +68,7 @@ class Settings:
     home: str = field(default_factory=lambda: _uri(_env("STREAMREC_HOME", ".streamrec")))
     storage_uri: str = ""
     landing_uri: str = ""
-    start_date: str = field(default_factory=lambda: _date("STREAMREC_START_DATE", DEFAULT_START_DATE))
+    start_date: str = ""
     max_failure_rate: float = field(default_factory=lambda: _float("STREAMREC_MAX_FAILURE_RATE", 0.01))
     max_line_bytes: int = field(default_factory=lambda: int(_float("STREAMREC_MAX_LINE_BYTES", 1 << 20)))
     s3_endpoint_url: str = field(default_factory=lambda: _env("STREAMREC_S3_ENDPOINT_URL", ""))
@@ -63,9 +80,13 @@ class Settings:
     sensor_interval_seconds: int = field(
         default_factory=lambda: int(_float("STREAMREC_SENSOR_INTERVAL_SECONDS", 30))
     )
+    executor: str = field(default_factory=lambda: _env("STREAMREC_EXECUTOR", "forkserver"))
+    max_concurrent_steps: int = field(default_factory=lambda: int(_float("STREAMREC_MAX_CONCURRENT_STEPS", 0)))
 
     def __post_init__(self) -> None:
         # Derived defaults depend on ``home``; frozen dataclass, hence object.__setattr__.
+        if not self.start_date:
+            object.__setattr__(self, "start_date", _date("STREAMREC_START_DATE", demo_start_date(self.home)))
         if not self.storage_uri:
             object.__setattr__(
                 self, "storage_uri", _uri(_env("STREAMREC_STORAGE_URI", f"{self.home}/storage"))
@@ -80,6 +101,8 @@ class Settings:
             raise ValueError(
                 f"STREAMREC_FEAST_ONLINE_STORE must be 'sqlite' or 'redis', got {self.feast_online_store!r}"
             )
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"STREAMREC_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError(
                 f"STREAMREC_MAX_FAILURE_RATE must be within [0, 1], got {self.max_failure_rate}"

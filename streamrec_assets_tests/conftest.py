@@ -12,13 +12,15 @@ from streamrec_assets import datagen
 from streamrec_assets.settings import Settings
 
 # Tests must not inherit a developer's storage configuration.
-for _var in ("STREAMREC_STORAGE_URI", "STREAMREC_LANDING_URI", "STREAMREC_START_DATE", "STREAMREC_S3_ENDPOINT_URL",
+for _var in ("STREAMREC_STORAGE_URI", "STREAMREC_LANDING_URI", "STREAMREC_S3_ENDPOINT_URL",
              "STREAMREC_FEAST_ONLINE_STORE", "STREAMREC_REDIS_URL", "MLFLOW_TRACKING_URI", "STREAMREC_MAX_FAILURE_RATE",
              "STREAMREC_PROMOTION_TOLERANCE"):
     os.environ.pop(_var, None)
 
 START = "2026-01-01"
 END = "2026-02-01"
+# Pinned: otherwise the partitions would start where a local `make demo` started (<home>/start_date).
+os.environ["STREAMREC_START_DATE"] = START
 SEED = 11
 TINY_EVENTS = 600
 

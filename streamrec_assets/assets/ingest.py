@@ -15,6 +15,7 @@ from streamrec_assets.assets.common import (
 )
 from streamrec_assets.automation import STORAGE_RETRY
 from streamrec_assets.errors import PersistentDataError, persistent_failure
+from streamrec_assets.landing import CATALOG_FINGERPRINT
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import LandingZone, Storage
 from streamrec_assets.settings import get_settings
@@ -40,7 +41,8 @@ def _read_catalog(landing: LandingZone, name: str) -> pd.DataFrame:
 )
 def user_catalog(context: dg.AssetExecutionContext, landing: LandingZone, storage: Storage):
     users = _read_catalog(landing, "users")
-    yield from publish_table(context, storage, "user_catalog", users)
+    yield from publish_table(context, storage, "user_catalog", users,
+                             {CATALOG_FINGERPRINT: landing.catalog_fingerprint()})
 
 
 @dg.asset(
@@ -57,7 +59,8 @@ def item_catalog(context: dg.AssetExecutionContext, landing: LandingZone, storag
     if "duration_seconds" in items:
         items["duration_seconds"] = items["duration_seconds"].astype("float64")
     genres = int(items["genre"].nunique()) if "genre" in items else 0
-    yield from publish_table(context, storage, "item_catalog", items, {"genres": genres})
+    yield from publish_table(context, storage, "item_catalog", items,
+                             {"genres": genres, CATALOG_FINGERPRINT: landing.catalog_fingerprint()})
 
 
 class RawEventsConfig(dg.Config):
