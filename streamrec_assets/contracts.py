@@ -376,3 +376,288 @@ daily_coplay_edges_schema = pa.DataFrameSchema(
     ordered=True,
     name="daily_coplay_edges",
 )
+
+
+# ---- models, evaluation, registry and the feature store (one small record per day)
+
+MODEL_STATUSES = ("ok", "insufficient_history")
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+def _day_before(df: pd.DataFrame, column: str) -> pd.Series:
+    """``df[column]`` is the day before ``df['date']``."""
+    return pd.to_datetime(df[column], errors="coerce") == pd.to_datetime(df["date"], errors="coerce") - pd.Timedelta(
+        days=1
+    )
+
+
+def _nonempty_json_list(value: object) -> bool:
+    import json
+
+    try:
+        parsed = json.loads(str(value))
+    except ValueError:
+        return False
+    return isinstance(parsed, list) and len(parsed) > 0
+
+
+def _trained_card_complete(df: pd.DataFrame) -> pd.Series:
+    trained = df["status"] == "ok"
+    complete = (
+        df["model_uri"].astype(str).str.endswith("model.ubj")
+        & df["model_sha256"].astype(str).str.fullmatch(SHA256_PATTERN)
+        & (df["best_iteration"] >= 0)
+        & df["validation_ndcg_at_20"].notna()
+        & (df["train_rows"] > 0)
+        & (df["validation_rows"] > 0)
+        & df["features"].map(_nonempty_json_list)
+    )
+    return ~trained | complete
+
+
+def _untrained_card_empty(df: pd.DataFrame) -> pd.Series:
+    untrained = df["status"] != "ok"
+    empty = (df["model_uri"] == "") & (df["model_sha256"] == "") & (df["best_iteration"] == -1)
+    return ~untrained | empty
+
+
+#: The ranker's model card (``ranking_model/date=D/data.parquet``): one row per day.
+ranking_model_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col(),
+        "status": pa.Column(str, pa.Check.isin(MODEL_STATUSES), nullable=False),
+        "model_uri": pa.Column(str, nullable=False),
+        "model_sha256": pa.Column(str, nullable=False),
+        "train_days": pa.Column("int64", pa.Check.ge(0), nullable=False),
+        "validation_day": _date_col(),
+        "train_rows": pa.Column("int64", pa.Check.ge(0), nullable=False),
+        "validation_rows": pa.Column("int64", pa.Check.ge(0), nullable=False),
+        "best_iteration": pa.Column("int64", pa.Check.ge(-1), nullable=False),
+        "validation_ndcg_at_20": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+        "features": pa.Column(str, nullable=False),
+        "params": pa.Column(str, nullable=False),
+    },
+    checks=[
+        pa.Check(lambda df: ~df.duplicated(["date"]), name="one_card_per_day"),
+        pa.Check(lambda df: _day_before(df, "validation_day"), name="validated_on_the_day_before"),
+        pa.Check(_trained_card_complete, name="trained_card_complete"),
+        pa.Check(_untrained_card_empty, name="untrained_card_has_no_model"),
+    ],
+    strict=True,
+    ordered=True,
+    name="ranking_model",
+)
+
+#: The retrieval model's card (``retrieval_model/date=D/data.parquet``): one row per day.
+retrieval_model_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col(),
+        "status": pa.Column(str, pa.Check.isin(MODEL_STATUSES), nullable=False),
+        "uri": pa.Column(str, nullable=False),
+        "trained_through": _date_col(),
+        "plays_in_window": pa.Column("int64", pa.Check.ge(0), nullable=False),
+        "items": pa.Column("int64", pa.Check.ge(0), nullable=False),
+        "neighbor_pairs": pa.Column("int64", pa.Check.ge(0), nullable=False),
+        "users_with_history": pa.Column("int64", pa.Check.ge(0), nullable=False),
+        "recall_at_100_next_day": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+    },
+    checks=[
+        pa.Check(lambda df: ~df.duplicated(["date"]), name="one_card_per_day"),
+        pa.Check(lambda df: _day_before(df, "trained_through"), name="trained_through_the_day_before"),
+        pa.Check(lambda df: (df["status"] == "ok") == (df["items"] > 0), name="ok_iff_items"),
+        pa.Check(lambda df: (df["status"] != "ok") | (df["plays_in_window"] > 0), name="trained_on_plays"),
+        pa.Check(lambda df: (df["status"] == "ok") | df["recall_at_100_next_day"].isna(), name="no_recall_without_model"),
+    ],
+    strict=False,
+    name="retrieval_model",
+)
+
+
+def _evaluation_methods() -> list[str]:
+    from streamrec_assets.core.evaluation import METHODS
+
+    return list(METHODS)
+
+
+def _baselines_present(df: pd.DataFrame) -> bool:
+    """A day is either not evaluated (no rows) or measures the ranker against popularity."""
+    return bool(all({"ours", "popularity"} <= set(g) for _, g in df.groupby("date")["method"]))
+
+
+#: The hold-out metrics (``model_evaluation/date=D/data.parquet``): one row per day and method.
+model_evaluation_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col(),
+        "method": pa.Column(str, pa.Check.isin(_evaluation_methods()), nullable=False),
+        "users": pa.Column("int64", pa.Check.ge(0), nullable=False),
+        "ndcg_at_20": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+        "recall_at_100": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+        "model_sha256": pa.Column(str, pa.Check.str_matches(SHA256_PATTERN), nullable=False),
+    },
+    checks=[
+        pa.Check(lambda df: ~df.duplicated(["date", "method"]), name="one_row_per_method_and_day"),
+        pa.Check(_baselines_present, name="ranker_and_popularity_measured"),
+        pa.Check(lambda df: df.groupby("date")["model_sha256"].transform("nunique") == 1, name="one_model_per_day"),
+        pa.Check(lambda df: (df["users"] > 0) | df["ndcg_at_20"].isna(), name="no_metric_without_users"),
+    ],
+    strict=True,
+    ordered=True,
+    name="model_evaluation",
+)
+
+
+def _registry_values() -> tuple[list[str], list[str], list[str]]:
+    """Statuses, decisions ('' when skipped) and registrations ('' when skipped) of a registry record."""
+    from streamrec_assets.core.registry import Registration, Status
+
+    return (
+        [s.value for s in Status],
+        ["", *(s.value for s in Status if s.is_decision)],
+        ["", *(r.value for r in Registration)],
+    )
+
+
+_STATUSES, _DECISIONS, _REGISTRATIONS = _registry_values()
+
+
+def _registered_iff_not_skipped(df: pd.DataFrame) -> pd.Series:
+    skipped = df["status"] == "skipped"
+    registered = (df["version"] >= 1) & (df["fingerprint"] != "") & (df["decision"] != "") & (df["registration"] != "")
+    return skipped != registered
+
+
+#: The registry's record of a day (``registered_model/date=D/data.parquet``, :meth:`DayOutcome.row`).
+registered_model_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col(),
+        "status": pa.Column(str, pa.Check.isin(_STATUSES), nullable=False),
+        "decision": pa.Column(str, pa.Check.isin(_DECISIONS), nullable=False),
+        "registration": pa.Column(str, pa.Check.isin(_REGISTRATIONS), nullable=False),
+        "reason": pa.Column(str, pa.Check.str_length(min_value=1), nullable=False),
+        "version": pa.Column("int64", pa.Check.ge(-1), nullable=False),
+        "run_id": pa.Column(str, nullable=False),
+        "fingerprint": pa.Column(str, nullable=False),
+        "reused": pa.Column(bool, nullable=False),
+        "challenger_ndcg": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+        "champion_ndcg": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+        "champion_version": pa.Column("int64", pa.Check.ge(-1), nullable=False),
+        "decided_by": pa.Column(str, nullable=False),
+        "ndcg_at_20": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+        "popularity_ndcg_at_20": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+    },
+    checks=[
+        pa.Check(lambda df: ~df.duplicated(["date"]), name="one_record_per_day"),
+        pa.Check(_registered_iff_not_skipped, name="registered_iff_not_skipped"),
+        pa.Check(
+            lambda df: (df["status"] != "promoted") | (df["champion_version"] >= 1), name="promotion_has_a_champion"
+        ),
+    ],
+    strict=True,
+    ordered=True,
+    name="registered_model",
+)
+
+
+def _feature_views() -> list[str]:
+    from streamrec_assets.feature_repo import FEATURE_VIEWS
+
+    return list(FEATURE_VIEWS)
+
+
+#: The feature store's record of a day (``feast_feature_views/date=D/data.parquet``): one row per view.
+feast_feature_views_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col(),
+        "feature_view": pa.Column(str, pa.Check.isin(_feature_views()), nullable=False),
+        "version": pa.Column(str, pa.Check.str_length(min_value=1), nullable=False),
+        "features": pa.Column("int64", pa.Check.gt(0), nullable=False),
+        "online_materialized": pa.Column(bool, nullable=False),
+    },
+    checks=[
+        pa.Check(lambda df: ~df.duplicated(["date", "feature_view"]), name="one_row_per_view_and_day"),
+        pa.Check(
+            lambda df: bool(all(set(g) == set(_feature_views()) for _, g in df.groupby("date")["feature_view"])),
+            name="every_feature_view",
+        ),
+    ],
+    strict=True,
+    ordered=True,
+    name="feast_feature_views",
+)
+
+
+# ---- the Feast registry and online store against the stored feature partitions (pure)
+
+def feast_type_of(arrow_type) -> str | None:
+    """Feast type of a feature column by Arrow type, as :func:`streamrec_assets.feature_repo.source_fields` maps it."""
+    import pyarrow as pa_arrow
+
+    if pa_arrow.types.is_integer(arrow_type):
+        return "Int64"
+    if pa_arrow.types.is_floating(arrow_type):
+        return "Float64"
+    if pa_arrow.types.is_boolean(arrow_type):
+        return "Bool"
+    if pa_arrow.types.is_string(arrow_type) or pa_arrow.types.is_large_string(arrow_type):
+        return "String"
+    return None
+
+
+def stored_features(schema, non_features: Iterable[str]) -> dict[str, str]:
+    """The features a stored partition (its Arrow schema) gives a feature view: name -> Feast type."""
+    skip = set(non_features)
+    out = {}
+    for name, arrow_type in zip(schema.names, schema.types, strict=True):
+        dtype = feast_type_of(arrow_type)
+        if name not in skip and dtype is not None:
+            out[name] = dtype
+    return out
+
+
+def feature_view_problems(
+    registered: dict[str, dict[str, str]], stored: dict[str, dict[str, str]], expected_views: Iterable[str]
+) -> list[str]:
+    """Differences between the Feast registry's views (view -> feature -> type) and the stored partitions'."""
+    expected = set(expected_views)
+    problems = []
+    if set(registered) != expected:
+        problems.append(f"feature views {sorted(registered)} in the registry; expected {sorted(expected)}")
+    for view in sorted(expected & set(registered)):
+        have, want = registered[view], stored.get(view)
+        if want is None:
+            problems.append(f"{view}: no stored partition to compare with")
+            continue
+        if missing := sorted(set(want) - set(have)):
+            problems.append(f"{view}: stored columns not in the view: {', '.join(missing)}")
+        if extra := sorted(set(have) - set(want)):
+            problems.append(f"{view}: view features not in the stored partition: {', '.join(extra)}")
+        if retyped := sorted(n for n in set(want) & set(have) if want[n] != have[n]):
+            problems.append(f"{view}: types differ: " + ", ".join(f"{n} {have[n]} != {want[n]}" for n in retyped))
+    return problems
+
+
+def materialization_problems(
+    intervals: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]], start: pd.Timestamp, end: pd.Timestamp
+) -> list[str]:
+    """Views whose recorded online materialisations do not cover ``[start, end]``."""
+    def utc(ts) -> pd.Timestamp:  # Feast gives naive UTC or aware datetimes
+        ts = pd.Timestamp(ts)
+        return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+    start, end = utc(start), utc(end)
+    problems = []
+    for view, spans in sorted(intervals.items()):
+        covered = any(utc(s) <= start and utc(e) >= end for s, e in spans)
+        if not covered:
+            problems.append(f"{view}: no online materialisation covers {start} .. {end} ({len(spans)} recorded)")
+    return problems
+
+
+def online_probe_problems(dates: dict[str, list[str | None]], day: str) -> list[str]:
+    """Views whose probed entities (active on ``day``) have no online value from ``day`` or later."""
+    problems = []
+    for view, values in sorted(dates.items()):
+        stale = [v for v in values if v is None or pd.isna(v) or str(v) < day]
+        if stale:
+            problems.append(f"{view}: {len(stale)} of {len(values)} entities of {day} have no online value of {day}")
+    return problems

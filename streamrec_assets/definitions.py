@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import dagster as dg
 
@@ -20,7 +21,6 @@ from streamrec_assets.assets import (
 )
 from streamrec_assets.automation import build_daily_schedule
 from streamrec_assets.io_managers import PartitionedParquetIOManager
-from streamrec_assets.partitions import daily_partitions
 from streamrec_assets.resources import (
     FeastResource,
     LandingZone,
@@ -78,15 +78,40 @@ def build_executor(settings: Settings) -> dg.ExecutorDefinition:
     return dg.multiprocess_executor.configured(config) if config else dg.multiprocess_executor
 
 
-all_assets = dg.load_assets_from_modules(
-    [ingest, features, feature_store, training, retrieval, models, registry, serving]
-)
+#: Who answers for each group (shown as owners in the UI), and the layer each group forms.
+OWNERS = {
+    "ingest": ["team:data-platform"],
+    "features": ["team:data-platform"],
+    "training": ["team:recsys"],
+    "serving": ["team:recsys"],
+}
+LAYERS = {"ingest": "bronze", "features": "silver", "training": "gold", "serving": "gold"}
+
+
+def _annotate(spec: dg.AssetSpec) -> dg.AssetSpec:
+    group = spec.group_name or "default"
+    return spec.replace_attributes(
+        owners=[*spec.owners, *OWNERS.get(group, [])] if not spec.owners else spec.owners,
+        tags={**spec.tags, "domain": "recommendations", "layer": LAYERS.get(group, "other")},
+    )
+
+
+with warnings.catch_warnings():  # code references are a beta feature of Dagster 1.13
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    all_assets = dg.with_source_code_references(
+        dg.map_asset_specs(
+            _annotate,
+            dg.load_assets_from_modules(
+                [ingest, features, feature_store, training, retrieval, models, registry, serving]
+            ),
+        )
+    )
 
 daily_pipeline_job = dg.define_asset_job(
     "daily_pipeline",
     selection=dg.AssetSelection.all() - dg.AssetSelection.assets("user_catalog", "item_catalog"),
-    partitions_def=daily_partitions,
-    description="Every daily-partitioned asset, from raw_events to the rolling features.",
+    description="Every daily-partitioned asset of one day, from raw_events to batch_recommendations "
+    "(partitioned daily, inferred from its assets).",
 )
 
 defs = dg.Definitions(

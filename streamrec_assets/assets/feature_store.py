@@ -8,10 +8,15 @@ offline store reads the feature assets' Parquet partitions directly (DuckDB).
 import dagster as dg
 import pandas as pd
 
-from streamrec_assets.assets.common import DayResult, day_metadata, run_days
+from streamrec_assets.assets.common import DayResult, check_spec, contract_check_spec, day_metadata, run_days
 from streamrec_assets.automation import EAGER_GATED, STORAGE_RETRY
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import FeastResource, Storage
+
+ASSET = "feast_feature_views"
+SERVED_CHECK = "views_match_storage_and_online"
+#: Entities of the day's partitions looked up online after the step's materialisation.
+ONLINE_PROBE_ENTITIES = 20
 
 
 def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -27,6 +32,18 @@ def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     backfill_policy=single_run,
     deps=["user_features", "item_features"],
     pool="feature_store",
+    check_specs=[
+        contract_check_spec(ASSET),
+        check_spec(
+            SERVED_CHECK,
+            ASSET,
+            "The Feast registry holds exactly the expected feature views, each with the features (names and "
+            "types) of the day's stored partition; the registry records an online materialisation covering the "
+            "day; and, for the newest day materialised, entities of the day's partition have online values of "
+            "that day. A backfill of days older than the online store passes with a note.",
+            blocking=False,
+        ),
+    ],
     retry_policy=STORAGE_RETRY,
     automation_condition=EAGER_GATED,
     code_version="1",
@@ -34,7 +51,7 @@ def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     "into the online store. One row per (day, feature view): version, rows, features.",
 )
 def feast_feature_views(context: dg.AssetExecutionContext, storage: Storage, feast: FeastResource):
-    from streamrec_assets.feature_repo import FEATURE_VIEWS, view_version
+    from streamrec_assets.feature_repo import FEATURE_VIEWS, NON_FEATURES, view_version
 
     store = feast.store()
     store.apply(feast.objects())
@@ -53,6 +70,14 @@ def feast_feature_views(context: dg.AssetExecutionContext, storage: Storage, fea
         store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=list(FEATURE_VIEWS))
     else:
         context.log.info(f"Online store already holds {newest_online}; not overwriting it with {days[-1]}.")
+    # What the registry holds now, after apply and materialise (read once for the step).
+    registered = {
+        fv.name: {f.name: str(f.dtype) for f in fv.features} for fv in store.list_feature_views(allow_cache=False)
+    }
+    intervals = {
+        view: [(pd.Timestamp(s), pd.Timestamp(e)) for s, e in store.get_feature_view(view).materialization_intervals]
+        for view in FEATURE_VIEWS
+    }
 
     def compute(day: str) -> DayResult:
         record = pd.DataFrame(
@@ -75,9 +100,84 @@ def feast_feature_views(context: dg.AssetExecutionContext, storage: Storage, fea
             online_materialized_through=days[-1] if online else newest_online,
             **{f"features_{view}": n for view, n in n_features.items()},
         )
-        return DayResult(tables={"feast_feature_views": record}, metadata={"feast_feature_views": meta})
+        probe = online and day == days[-1]
+        check = served_check(
+            day, registered, _stored_features(storage, day, FEATURE_VIEWS, NON_FEATURES), intervals,
+            _online_dates(storage, store, day, FEATURE_VIEWS) if probe else None,
+            online=online, newest_online=newest_online, expected_views=FEATURE_VIEWS,
+        )
+        return DayResult(tables={ASSET: record}, checks=[check], metadata={ASSET: meta})
 
-    yield from run_days(context, storage, ["feast_feature_views"], compute)
+    yield from run_days(context, storage, [ASSET], compute)
+
+
+def served_check(
+    day: str,
+    registered: dict[str, dict[str, str]],
+    stored: dict[str, dict[str, str]],
+    intervals: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]],
+    online_dates: dict[str, list[str | None]] | None,
+    *,
+    online: bool,
+    newest_online: str | None,
+    expected_views,
+) -> dg.AssetCheckResult:
+    """The day's ``views_match_storage_and_online`` result (pure; the rules are in :mod:`streamrec_assets.contracts`)."""
+    from streamrec_assets.contracts import (
+        feature_view_problems,
+        materialization_problems,
+        online_probe_problems,
+    )
+
+    problems = feature_view_problems(registered, stored, expected_views)
+    notes = []
+    if online:
+        problems += materialization_problems(intervals, *feature_day_bounds(day))
+    else:
+        notes.append(f"backfill: the online store holds the newer day {newest_online}; {day} is offline only")
+    if online_dates is not None:
+        problems += online_probe_problems(online_dates, day)
+    else:
+        notes.append("online values probed on the newest day of the step only")
+    return dg.AssetCheckResult(
+        asset_key=ASSET,
+        check_name=SERVED_CHECK,
+        passed=not problems,
+        metadata={
+            "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "_none_"),
+            "note": "; ".join(notes) or "registry, storage and online store agree",
+            "feature_views": len(registered),
+            "entities_probed": sum(len(v) for v in (online_dates or {}).values()),
+        },
+    )
+
+
+def _stored_features(storage: Storage, day: str, views, non_features) -> dict[str, dict[str, str]]:
+    """The features each view's stored partition of ``day`` gives (from its Parquet footer)."""
+    from streamrec_assets.contracts import stored_features
+    from streamrec_assets.storage import path_exists, read_parquet_schema
+
+    out = {}
+    for view in views:
+        path = storage.path(view, day, "data.parquet")
+        if path_exists(path):
+            out[view] = stored_features(read_parquet_schema(path), non_features)
+    return out
+
+
+def _online_dates(storage: Storage, store, day: str, views) -> dict[str, list[str | None]]:
+    """The online ``date`` of up to ONLINE_PROBE_ENTITIES entities of each view's partition of ``day``."""
+    from streamrec_assets.feature_repo import ENTITY_OF, online_features
+    from streamrec_assets.storage import read_parquet
+
+    out: dict[str, list[str | None]] = {}
+    for view in views:
+        key = ENTITY_OF[view][1]
+        ids = read_parquet(storage.path(view, day, "data.parquet"), columns=[key])[key].head(ONLINE_PROBE_ENTITIES)
+        users, items = (ids, None) if key == "user_id" else (None, ids)
+        values = online_features(store, users, items, [f"{view}:date"])[f"{view}__date"]
+        out[view] = [None if pd.isna(v) else str(v) for v in values]
+    return out
 
 
 def _newest_materialized_day(context: dg.AssetExecutionContext) -> str | None:

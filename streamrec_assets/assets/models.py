@@ -15,19 +15,22 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from streamrec_assets.assets.common import DayResult, day_metadata, run_days
+from streamrec_assets.assets.common import DayResult, check_spec, contract_check_spec, day_metadata, run_days
 from streamrec_assets.assets.retrieval import N_CANDIDATES, OK, ranked_candidates
 from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
 from streamrec_assets.core.dates import day_offset, window_days
-from streamrec_assets.core.evaluation import METHODS
+from streamrec_assets.core.evaluation import METHODS, LiftVerdict
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import FeastResource, LandingZone, Storage
 from streamrec_assets.storage import PartitionReader
 
 GROUP = "training"
 RANKER_WINDOW_DAYS = 14
+#: Days a ranker trains on once its window is full ([D-14, D-2]); before that, ``beats_popularity`` does not judge.
+FULL_TRAIN_DAYS = RANKER_WINDOW_DAYS - 1
 EVALUATION_SET = "evaluation_set.parquet"
 INSUFFICIENT = "insufficient_history"
+BEATS_POPULARITY_CHECK = "beats_popularity"
 
 
 @dg.asset(
@@ -42,6 +45,13 @@ INSUFFICIENT = "insufficient_history"
         )
     },
     pool="training",
+    check_specs=[
+        contract_check_spec(
+            "ranking_model",
+            "The model card satisfies contracts.ranking_model_schema: a trained day names its UBJSON model, "
+            "its sha256, best iteration, validation NDCG@20 and features; an untrained day names no model.",
+        )
+    ],
     code_version="1",
     automation_condition=EAGER_GATED,
     freshness_policy=MODELS_FRESHNESS,
@@ -119,9 +129,12 @@ def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples:
         meta = day_metadata(
             frame.drop(columns=["features", "params"]),
             status=card["status"],
-            validation_ndcg_at_20=dg.MetadataValue.float(float(card["validation_ndcg_at_20"])),
+            trained=int(card["status"] == OK),
+            validation_ndcg_at_20=float(card["validation_ndcg_at_20"]),
             best_iteration=int(card["best_iteration"]),
+            train_days=int(card["train_days"]),
             train_rows=int(card["train_rows"]),
+            validation_rows=int(card["validation_rows"]),
         )
         return DayResult(tables={"ranking_model": frame}, files=files, metadata={"ranking_model": meta})
 
@@ -138,6 +151,17 @@ class EvaluationConfig(dg.Config):
     partitions_def=daily_partitions,
     backfill_policy=single_run,
     retry_policy=STORAGE_RETRY,
+    check_specs=[
+        contract_check_spec("model_evaluation"),
+        check_spec(
+            BEATS_POPULARITY_CHECK,
+            "model_evaluation",
+            "The ranker's NDCG@20 on the day's hold-out is at least the popularity baseline's (warning, not "
+            "blocking). Passes unjudged, with a note: a day without a trained ranker, a ranker whose 13-day "
+            "training window is not full yet, fewer users measured than core.evaluation.MIN_USERS_FOR_LIFT.",
+            blocking=False,
+        ),
+    ],
     code_version="1",
     automation_condition=EAGER_GATED,
     freshness_policy=MODELS_FRESHNESS,
@@ -160,6 +184,7 @@ def model_evaluation(
 ):
     from streamrec_assets.assets.retrieval import load_retrieval
     from streamrec_assets.core.evaluation import (
+        beats_popularity,
         evaluation_table,
         impression_slates,
         oracle_ranking,
@@ -181,7 +206,7 @@ def model_evaluation(
         if card["status"] != OK:
             context.log.info(f"{day}: no ranking model to evaluate ({card['status']}).")
             empty = _empty_metrics()
-            return DayResult(tables={"model_evaluation": empty},
+            return DayResult(tables={"model_evaluation": empty}, checks=[_lift_check(beats_popularity(empty))],
                              metadata={"model_evaluation": day_metadata(empty, evaluated=False)})
         events = raw_events.read(day)
         slates = impression_slates(label_impressions(events, item_catalog))
@@ -228,6 +253,7 @@ def model_evaluation(
         return DayResult(
             tables={"model_evaluation": metrics},
             frames={("model_evaluation", EVALUATION_SET): feats.assign(date=day)},
+            checks=[_lift_check(beats_popularity(table, int(card["train_days"]), FULL_TRAIN_DAYS))],
             metadata={"model_evaluation": meta},
         )
 
@@ -261,10 +287,31 @@ def metric_values(table: pd.DataFrame) -> dict[str, float]:
 
 
 def _metric_metadata(table: pd.DataFrame) -> dict:
+    """The day's metrics as plain numbers (Dagster plots them per partition)."""
     values = metric_values(table)
-    meta = {name: dg.MetadataValue.float(value) for name, value in values.items()}
+    meta: dict = dict(values)
+    if "popularity_ndcg_at_20" in values:
+        meta["ndcg_at_20_gain_vs_popularity"] = values["ndcg_at_20"] - values["popularity_ndcg_at_20"]
     meta["users_evaluated"] = int(table["users"].max())
     return meta
+
+
+def _lift_check(verdict: LiftVerdict) -> dg.AssetCheckResult:
+    """The ``beats_popularity`` result of a day (:func:`streamrec_assets.core.evaluation.beats_popularity`)."""
+    return dg.AssetCheckResult(
+        asset_key="model_evaluation",
+        check_name=BEATS_POPULARITY_CHECK,
+        passed=verdict.passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "judged": verdict.judged,
+            "note": verdict.note,
+            "ndcg_at_20_gain_vs_popularity": verdict.lift,
+            "ndcg_at_20": verdict.ndcg_at_20,
+            "popularity_ndcg_at_20": verdict.popularity_ndcg_at_20,
+            "users": verdict.users,
+        },
+    )
 
 
 def _oracle_world(landing: LandingZone, day: str):

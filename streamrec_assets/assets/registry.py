@@ -23,13 +23,14 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from streamrec_assets.assets.common import DayResult, day_metadata, run_days
+from streamrec_assets.assets.common import DayResult, check_spec, contract_check_spec, day_metadata, run_days
 from streamrec_assets.assets.models import EVALUATION_SET, OK, RANKER_WINDOW_DAYS, metric_values
 from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
 from streamrec_assets.core.dates import window_days
 from streamrec_assets.core.registry import (
     DECISION_WAIT_S,
     Candidate,
+    ChampionConsistency,
     DayOutcome,
     Registry,
     register_day,
@@ -42,6 +43,7 @@ from streamrec_assets.settings import get_settings
 
 ASSET = "registered_model"
 POOL = "registry"
+CHAMPION_CHECK = "champion_is_latest_promoted"
 LINEAGE_UPSTREAM = ("raw_events", "training_examples", "ranking_model", "retrieval_model", "model_evaluation")
 
 
@@ -67,6 +69,17 @@ class RegistryConfig(dg.Config):
     backfill_policy=single_run,
     deps=["feast_feature_views"],
     pool=POOL,
+    check_specs=[
+        contract_check_spec(ASSET),
+        check_spec(
+            CHAMPION_CHECK,
+            ASSET,
+            "After the day's registration, MLflow alias 'champion' points at the version of the latest recorded "
+            "promotion decision (version tag streamrec.promotion); no alias while nothing was promoted. Fails "
+            "when the alias was moved outside the gate or a promotion was recorded but never applied.",
+            blocking=False,
+        ),
+    ],
     retry_policy=STORAGE_RETRY,
     automation_condition=EAGER_GATED,
     freshness_policy=MODELS_FRESHNESS,
@@ -104,7 +117,11 @@ def registered_model(
             )
         context.log.info(f"{day}: {outcome.status.value} (version {outcome.version}); {outcome.reason}")
         frame = pd.DataFrame([outcome.row()])
-        return DayResult(tables={ASSET: frame}, metadata={ASSET: day_figures(frame, outcome, mlflow)})
+        return DayResult(
+            tables={ASSET: frame},
+            checks=[champion_check(registry.consistency())],
+            metadata={ASSET: day_figures(frame, outcome, mlflow)},
+        )
 
     yield from run_days(context, storage, [ASSET], compute)
 
@@ -183,6 +200,23 @@ def build_candidate(
     )
 
 
+def champion_check(consistency: ChampionConsistency) -> dg.AssetCheckResult:
+    """The day's ``champion_is_latest_promoted`` result (:func:`streamrec_assets.core.registry.champion_consistency`)."""
+    return dg.AssetCheckResult(
+        asset_key=ASSET,
+        check_name=CHAMPION_CHECK,
+        passed=consistency.passed,
+        metadata={
+            "note": consistency.note,
+            "champion_version": int(consistency.champion or -1),
+            "latest_promoted_version": int(consistency.expected or -1),
+            "versions": consistency.versions,
+            "promotions": consistency.promotions,
+            "undecided_versions": consistency.undecided,
+        },
+    )
+
+
 def _evaluation_set(storage: Storage, day: str) -> pd.DataFrame:
     try:
         return storage.read_table("model_evaluation", day, EVALUATION_SET)
@@ -204,9 +238,11 @@ def day_figures(frame: pd.DataFrame, outcome: DayOutcome, mlflow: MLflowResource
         decision=outcome.reason,
         version=int(row["version"]),
         champion_version=int(row["champion_version"]),
-        promoted=outcome.promoted,
-        challenger_ndcg_at_20=dg.MetadataValue.float(float(row["challenger_ndcg"])),
-        champion_ndcg_at_20=dg.MetadataValue.float(float(row["champion_ndcg"])),
+        promoted=int(outcome.promoted),
+        challenger_ndcg_at_20=float(row["challenger_ndcg"]),
+        champion_ndcg_at_20=float(row["champion_ndcg"]),
+        ndcg_at_20=float(row["ndcg_at_20"]),
+        popularity_ndcg_at_20=float(row["popularity_ndcg_at_20"]),
     )
 
 

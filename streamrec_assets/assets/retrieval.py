@@ -174,6 +174,13 @@ def daily_coplay(context: dg.AssetExecutionContext, storage: Storage, raw_events
         "history": dg.AssetIn(COPLAY_HISTORY, partition_mapping=RETRIEVAL_HISTORY_MAPPING),
     },
     retry_policy=STORAGE_RETRY,
+    check_specs=[
+        contract_check_spec(
+            ASSET,
+            "The model card satisfies contracts.retrieval_model_schema: trained through the day before, "
+            "status ok iff the model has items (and plays in its window), no Recall@100 without a model.",
+        )
+    ],
     code_version="1",
     automation_condition=EAGER_GATED,
     description="Candidate generation: item co-visitation over the plays of the 28 days before D, with a "
@@ -253,7 +260,7 @@ def retrieval_model(
                 ASSET: day_metadata(
                     card,
                     status=status,
-                    recall_at_100=dg.MetadataValue.float(recall),
+                    recall_at_100=float(recall),
                     plays_in_window=plays_in_window,
                     neighbor_pairs=int(len(model.neighbors)),
                     aggregate_days_read=len(window),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -120,3 +121,53 @@ def promotion_decision(
         f"challenger NDCG@20 {challenger_ndcg:.4f} {verdict} champion v{champion_version} "
         f"{champion_ndcg:.4f} - tolerance {tolerance} on {day}"
     )
+
+
+#: Below this many users measured by both the ranker and popularity, a day's lift is noise: not judged.
+MIN_USERS_FOR_LIFT = 20
+
+
+@dataclass(frozen=True)
+class LiftVerdict:
+    """Whether the ranker's NDCG@20 beats the popularity baseline's on a day's hold-out."""
+
+    passed: bool
+    judged: bool
+    note: str
+    lift: float = float("nan")  #: ranker NDCG@20 - popularity NDCG@20 (same users, same slates)
+    ndcg_at_20: float = float("nan")
+    popularity_ndcg_at_20: float = float("nan")
+    users: int = 0
+
+
+def beats_popularity(
+    table: pd.DataFrame,
+    train_days: int | None = None,
+    min_train_days: int = 0,
+    min_lift: float = 0.0,
+    min_users: int = MIN_USERS_FOR_LIFT,
+) -> LiftVerdict:
+    """The ranker's NDCG@20 lift over popularity is at least ``min_lift`` (``table``: a day's
+    evaluation table, one row per method). Passes unjudged, with a note, a day without a ranker
+    evaluation, a ranker trained on fewer than ``min_train_days`` days (its window is not full
+    yet: insufficient history) and a day with fewer than ``min_users`` users measured."""
+    by = table.set_index("method") if len(table) else pd.DataFrame()
+    if not {"ours", "popularity"} <= set(by.index):
+        return LiftVerdict(True, False, "no ranking model evaluated on this day: nothing to compare")
+    ours, pop = by.loc["ours"], by.loc["popularity"]
+    users = int(min(ours["users"], pop["users"]))
+    ndcg, baseline = float(ours["ndcg_at_20"]), float(pop["ndcg_at_20"])
+    lift = ndcg - baseline
+    figures = {"lift": lift, "ndcg_at_20": ndcg, "popularity_ndcg_at_20": baseline, "users": users}
+    if np.isnan(lift):
+        return LiftVerdict(True, False, "NDCG@20 not measured for the ranker or popularity: nothing to compare",
+                           **figures)
+    if train_days is not None and train_days < min_train_days:
+        return LiftVerdict(
+            True, False, f"insufficient history: ranker trained on {train_days} of {min_train_days} days", **figures
+        )
+    if users < min_users:
+        return LiftVerdict(True, False, f"{users} users measured (< {min_users}): too few to judge", **figures)
+    verdict = ">=" if lift >= min_lift else "<"
+    note = f"NDCG@20 {ndcg:.4f} - popularity {baseline:.4f} = {lift:+.4f} {verdict} {min_lift} on {users} users"
+    return LiftVerdict(bool(lift >= min_lift), True, note, **figures)

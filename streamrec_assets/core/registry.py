@@ -317,6 +317,27 @@ class Registry:
         except MlflowException:
             return None
 
+    def decisions(self) -> dict[str, Decision | None]:
+        """Every live version's recorded promotion decision (None while undecided)."""
+        found = self.client.search_model_versions(f"name='{self.name}'")
+        return {str(v.version): Decision.from_tags(v.tags or {}) for v in found}
+
+    def consistency(self) -> ChampionConsistency:
+        """Alias ``champion`` against the recorded decisions (:func:`champion_consistency`).
+
+        A concurrent run records its decision before it moves the alias: read again once when the
+        first reading sees a promotion the alias does not follow yet."""
+        def reading() -> ChampionConsistency:
+            decisions = self.decisions()
+            champion = self.champion()
+            return champion_consistency(decisions, None if champion is None else str(champion.version))
+
+        result = reading()
+        if not result.passed:
+            time.sleep(self.poll_s)
+            result = reading()
+        return result
+
     def model_bytes(self, number: str) -> bytes:
         from mlflow import xgboost as mlflow_xgboost
 
@@ -491,4 +512,56 @@ def register_day(
         fingerprint=candidate.fingerprint,
         champion_version=int(champion.version) if champion is not None else -1,
         metrics=candidate.metrics,
+    )
+
+
+# --------------------------------------------------------------------------- consistency (pure)
+
+#: Decisions that make their version the champion.
+CHAMPION_DECISIONS = (Status.PROMOTED, Status.ALREADY_CHAMPION)
+
+
+@dataclass(frozen=True)
+class ChampionConsistency:
+    """Whether alias ``champion`` points at the version of the latest decision that made a champion."""
+
+    passed: bool
+    champion: str | None
+    expected: str | None
+    versions: int
+    promotions: int
+    undecided: int
+    note: str
+
+
+def champion_consistency(decisions: dict[str, Decision | None], champion: str | None) -> ChampionConsistency:
+    """Alias ``champion`` against the recorded decisions (version -> its decision, None when undecided).
+
+    The expected champion is the version of the latest recorded promotion (ordered by ``decided_at``,
+    then version number; ``already_champion`` confirms a champion like a promotion); with no promotion,
+    no version may hold the alias. A mismatch means the alias moved outside the gate (by hand, or a
+    run died between recording a promotion and moving the alias: the next run of that day re-applies it).
+    """
+    promotions = sorted(
+        (d.decided_at, int(number), str(number))
+        for number, d in decisions.items()
+        if d is not None and d.status in CHAMPION_DECISIONS
+    )
+    expected = promotions[-1][2] if promotions else None
+    champion = None if champion is None else str(champion)
+    passed = champion == expected
+    if passed:
+        note = f"champion is version {champion}, the latest promoted" if champion else "no promotion, no champion"
+    elif expected is None:
+        note = f"alias champion points at version {champion}, but no version has a recorded promotion"
+    else:
+        note = f"alias champion points at version {champion}; the latest recorded promotion is version {expected}"
+    return ChampionConsistency(
+        passed=passed,
+        champion=champion,
+        expected=expected,
+        versions=len(decisions),
+        promotions=len(promotions),
+        undecided=sum(d is None for d in decisions.values()),
+        note=note,
     )
