@@ -89,10 +89,15 @@ LAYERS = {"ingest": "bronze", "features": "silver", "training": "gold", "serving
 
 
 def _annotate(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """Owners and tags by group; the contract's columns (types, descriptions) as definition metadata."""
+    from streamrec_assets.assets.common import contract_column_schema
+
     group = spec.group_name or "default"
+    columns = contract_column_schema(spec.key.to_user_string())
     return spec.replace_attributes(
-        owners=[*spec.owners, *OWNERS.get(group, [])] if not spec.owners else spec.owners,
+        owners=spec.owners or OWNERS.get(group, []),
         tags={**spec.tags, "domain": "recommendations", "layer": LAYERS.get(group, "other")},
+        metadata={**spec.metadata, **({"dagster/column_schema": columns} if columns else {})},
     )
 
 

@@ -78,13 +78,74 @@ def contract_check(df: pd.DataFrame, schema: pa.DataFrameSchema, asset: str) -> 
     return dg.AssetCheckResult(asset_key=asset, check_name=CONTRACT_CHECK, passed=result.passed, metadata=metadata)
 
 
-def table_metadata(df: pd.DataFrame, preview_rows: int = 5) -> dict[str, Any]:
-    """Row count, column schema and a preview for the Dagster UI."""
-    columns = [dg.TableColumn(str(name), str(dtype)) for name, dtype in df.dtypes.items()]
+def _schema_column(schema: pa.DataFrameSchema | None, name: str):
+    """The pandera column that describes ``name`` (by name, or a regex column matching it)."""
+    import re
+
+    if schema is None:
+        return None
+    if name in schema.columns:
+        return schema.columns[name]
+    for column in schema.columns.values():
+        if getattr(column, "regex", False) and re.fullmatch(str(column.name), name):
+            return column
+    return None
+
+
+def _column_type(series: pd.Series) -> str:
+    """A readable type: strings and bytes are named as such (pandas calls both ``object``)."""
+    import pandas as pd
+
+    if series.dtype == object:
+        kind = pd.api.types.infer_dtype(series, skipna=True)
+        return {"string": "string", "bytes": "binary", "empty": "string"}.get(kind, kind)
+    return str(series.dtype)
+
+
+def column_schema(df: pd.DataFrame, asset: str | None = None) -> dg.TableSchema:
+    """The table's columns with real types, and the descriptions and constraints of its contract."""
+    schema = schema_of(asset) if asset else None
+    columns = []
+    for name in df.columns:
+        column = _schema_column(schema, str(name))
+        constraints = None
+        if column is not None:
+            constraints = dg.TableColumnConstraints(nullable=bool(column.nullable), unique=bool(column.unique))
+        columns.append(
+            dg.TableColumn(
+                str(name),
+                _column_type(df[name]),
+                description=getattr(column, "description", None) or None,
+                constraints=constraints,
+            )
+        )
+    return dg.TableSchema(columns=columns)
+
+
+def contract_column_schema(asset: str) -> dg.TableSchema | None:
+    """The columns an asset's contract declares (definition metadata: shown before any run)."""
+    schema = schema_of(asset)
+    if schema is None:
+        return None
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                str(name),
+                str(column.dtype) if column.dtype is not None else "any",
+                description=column.description or None,
+                constraints=dg.TableColumnConstraints(nullable=bool(column.nullable), unique=bool(column.unique)),
+            )
+            for name, column in schema.columns.items()
+        ]
+    )
+
+
+def table_metadata(df: pd.DataFrame, preview_rows: int = 5, asset: str | None = None) -> dict[str, Any]:
+    """Row count, column schema (types and the contract's descriptions) and a preview for the UI."""
     preview = df.head(preview_rows)
     return {
         "dagster/row_count": len(df),
-        "dagster/column_schema": dg.TableSchema(columns=columns),
+        "dagster/column_schema": column_schema(df, asset),
         "preview": dg.MetadataValue.md(preview.to_markdown(index=False) if len(preview) else "_empty_"),
     }
 
@@ -221,6 +282,8 @@ def run_days(
             figures = dict(result.metadata.get(asset, {}))
             if asset in result.tables:
                 figures.setdefault("rows", len(result.tables[asset]))
+                if "dagster/column_schema" in figures:  # with the contract's descriptions
+                    figures["dagster/column_schema"] = column_schema(result.tables[asset], asset)
             per_day[asset][day] = figures
             if asset in selected:
                 context.add_asset_metadata(partition_metadata(figures), asset_key=asset, partition_key=day)
@@ -367,5 +430,5 @@ def publish_table(
         yield from _failed_checks_of(err)
         raise persistent_failure(err) from err
     yield dg.MaterializeResult(
-        asset_key=asset, metadata={**table_metadata(df), **(metadata or {})}, check_results=checks
+        asset_key=asset, metadata={**table_metadata(df, asset=asset), **(metadata or {})}, check_results=checks
     )
