@@ -20,6 +20,7 @@ from streamrec_assets.assets import (
     training,
 )
 from streamrec_assets.automation import build_daily_schedule
+from streamrec_assets.code_versions import with_code_versions
 from streamrec_assets.io_managers import PartitionedParquetIOManager
 from streamrec_assets.resources import (
     FeastResource,
@@ -106,8 +107,10 @@ with warnings.catch_warnings():  # code references are a beta feature of Dagster
     all_assets = dg.with_source_code_references(
         dg.map_asset_specs(
             _annotate,
-            dg.load_assets_from_modules(
-                [ingest, features, feature_store, training, retrieval, models, registry, serving]
+            with_code_versions(
+                dg.load_assets_from_modules(
+                    [ingest, features, feature_store, training, retrieval, models, registry, serving]
+                )
             ),
         )
     )
