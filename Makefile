@@ -7,7 +7,7 @@ export STREAMREC_HOME ?= $(CURDIR)/.streamrec
 export DAGSTER_HOME ?= $(STREAMREC_HOME)/dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup redis demo test dev bench bench-scale lint clean mlflow-ui
+.PHONY: setup redis chromium demo test test-fast dev bench bench-scale lint clean mlflow-ui
 
 setup: $(STAMP)  ## create .venv and install the package with its test extras (quick when nothing changed)
 
@@ -32,8 +32,23 @@ redis:  ## redis-server for the Redis online-store tests: apt-get when root, els
 	  || echo "WARNING: redis-server is not installed and could not be; the Redis tests will be skipped."; \
 	}
 
-test: setup redis  ## the whole test suite
+chromium:  ## Debian's chromium for the browser test (Playwright drives it): apt-get when root, else a warning
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing chromium with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 \
+	         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || true; \
+	  fi; \
+	  command -v chromium >/dev/null 2>&1 \
+	  || echo "WARNING: chromium is not installed and could not be; the browser test will be skipped (it fails under CI=true)."; \
+	}
+
+test: setup redis chromium  ## the whole test suite
 	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## unit and contract tests only (no servers, no end-to-end materialisation)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 dev: setup  ## the Dagster UI on http://127.0.0.1:3000 (state under $$STREAMREC_HOME)
 	@mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml

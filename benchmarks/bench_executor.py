@@ -38,14 +38,15 @@ def _run_stats(dagster_home: str) -> tuple[float, float]:
     with dg.DagsterInstance.get() as instance:
         run = instance.get_runs(limit=1)[0]
         events = instance.all_logs(run.run_id)
-    start = next(e.timestamp for e in events if e.dagster_event and e.dagster_event.event_type_value == "RUN_START")
-    end = next(e.timestamp for e in events if e.dagster_event and e.dagster_event.event_type_value == "RUN_SUCCESS")
+    kinds = dg.DagsterEventType
+    start = next(e.timestamp for e in events if e.dagster_event and e.dagster_event.event_type == kinds.RUN_START)
+    end = next(e.timestamp for e in events if e.dagster_event and e.dagster_event.event_type == kinds.RUN_SUCCESS)
     intervals, open_steps = [], {}
     for e in events:
-        kind = e.dagster_event.event_type_value if e.dagster_event else None
-        if kind == "STEP_START":
+        kind = e.dagster_event.event_type if e.dagster_event else None
+        if kind == kinds.STEP_START:
             open_steps[e.step_key] = e.timestamp
-        elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and e.step_key in open_steps:
+        elif kind in (kinds.STEP_SUCCESS, kinds.STEP_FAILURE) and e.step_key in open_steps:
             intervals.append((open_steps.pop(e.step_key), e.timestamp))
     busy, cursor = 0.0, start
     for a, b in sorted(intervals):

@@ -45,8 +45,30 @@ REASONS: dict[tuple[str | None, str], str] = {
 }
 
 
-def _date_col(**kw) -> pa.Column:
-    return pa.Column(str, pa.Check.str_matches(DATE_PATTERN), nullable=False, **kw)
+#: The description of every table's ``date`` column (its partition key).
+DATE_DESCRIPTION = "Partition day (YYYY-MM-DD, UTC) the row belongs to: the daily partition key."
+
+
+def _date_col(description: str = DATE_DESCRIPTION, **kw) -> pa.Column:
+    return pa.Column(str, pa.Check.str_matches(DATE_PATTERN), nullable=False, description=description, **kw)
+
+
+def _doc_only(description: str, *, regex: bool = False) -> pa.Column:
+    """A column that is documented, never checked: any dtype, nulls allowed, may be absent."""
+    return pa.Column(None, nullable=True, required=False, regex=regex, description=description)
+
+
+#: What the event columns mean, shared by the landing record and the raw_events table.
+EVENT_DESCRIPTIONS = {
+    "event_id": "Unique id of the event as delivered by the upstream export (e.g. ev-20260101-00000042).",
+    "user_id": "Id of the user (user_catalog.user_id).",
+    "item_id": "Id of the item shown or played (item_catalog.item_id).",
+    "event_type": "'impression' (the item was shown to the user) or 'play' (the user started playing it).",
+    "event_timestamp": "When the event happened (UTC, microseconds).",
+    "watch_seconds": "Seconds of the item watched in this play; always 0 for an impression.",
+    "device": "Device the event came from (tv, mobile, web, tablet).",
+    "session_id": "Id of the user's viewing session; a play is attributed to an impression of the same session.",
+}
 
 
 def raw_event_record_schema(day: str, user_ids: Iterable[int], item_ids: Iterable[int]) -> pa.DataFrameSchema:
@@ -60,20 +82,31 @@ def raw_event_record_schema(day: str, user_ids: Iterable[int], item_ids: Iterabl
     items = pd.Index(pd.unique(pd.Series(list(item_ids), dtype="int64")))
     return pa.DataFrameSchema(
         {
-            "event_id": pa.Column(object, nullable=False),
-            "user_id": pa.Column("Int64", pa.Check(lambda s: s.isin(users), name="known_user_id"), nullable=False),
-            "item_id": pa.Column("Int64", pa.Check(lambda s: s.isin(items), name="known_item_id"), nullable=False),
+            "event_id": pa.Column(object, nullable=False, description=EVENT_DESCRIPTIONS["event_id"]),
+            "user_id": pa.Column(
+                "Int64", pa.Check(lambda s: s.isin(users), name="known_user_id"), nullable=False,
+                description=EVENT_DESCRIPTIONS["user_id"],
+            ),
+            "item_id": pa.Column(
+                "Int64", pa.Check(lambda s: s.isin(items), name="known_item_id"), nullable=False,
+                description=EVENT_DESCRIPTIONS["item_id"],
+            ),
             "event_type": pa.Column(
-                object, pa.Check(lambda s: s.isin(EVENT_TYPES), name="known_event_type"), nullable=False
+                object, pa.Check(lambda s: s.isin(EVENT_TYPES), name="known_event_type"), nullable=False,
+                description=EVENT_DESCRIPTIONS["event_type"],
             ),
             "event_timestamp": pa.Column(
                 TIMESTAMP,
                 pa.Check(lambda s: (s >= start) & (s < end), name="inside_partition_day"),
                 nullable=False,
+                description=EVENT_DESCRIPTIONS["event_timestamp"] + " Must fall inside the partition day.",
             ),
-            "watch_seconds": pa.Column(float, pa.Check(lambda s: s >= 0, name="non_negative"), nullable=False),
-            "device": pa.Column(object, nullable=False),
-            "session_id": pa.Column(object, nullable=False),
+            "watch_seconds": pa.Column(
+                float, pa.Check(lambda s: s >= 0, name="non_negative"), nullable=False,
+                description=EVENT_DESCRIPTIONS["watch_seconds"],
+            ),
+            "device": pa.Column(object, nullable=False, description=EVENT_DESCRIPTIONS["device"]),
+            "session_id": pa.Column(object, nullable=False, description=EVENT_DESCRIPTIONS["session_id"]),
         },
         checks=[
             pa.Check(
@@ -88,15 +121,22 @@ def raw_event_record_schema(day: str, user_ids: Iterable[int], item_ids: Iterabl
 
 raw_events_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "event_id": pa.Column(str, unique=True, nullable=False),
-        "user_id": pa.Column("int64", nullable=False),
-        "item_id": pa.Column("int64", nullable=False),
-        "event_type": pa.Column(str, pa.Check.isin(EVENT_TYPES), nullable=False),
-        "event_timestamp": pa.Column(TIMESTAMP, nullable=False),
-        "watch_seconds": pa.Column("float64", pa.Check.ge(0), nullable=False),
-        "device": pa.Column(str, nullable=False),
-        "session_id": pa.Column(str, nullable=False),
+        "date": _date_col("Partition day (YYYY-MM-DD, UTC): the landing file the event came from."),
+        "event_id": pa.Column(
+            str, unique=True, nullable=False,
+            description=EVENT_DESCRIPTIONS["event_id"] + " Redelivered duplicates are dropped to the DLQ.",
+        ),
+        "user_id": pa.Column("int64", nullable=False, description=EVENT_DESCRIPTIONS["user_id"]),
+        "item_id": pa.Column("int64", nullable=False, description=EVENT_DESCRIPTIONS["item_id"]),
+        "event_type": pa.Column(
+            str, pa.Check.isin(EVENT_TYPES), nullable=False, description=EVENT_DESCRIPTIONS["event_type"]
+        ),
+        "event_timestamp": pa.Column(TIMESTAMP, nullable=False, description=EVENT_DESCRIPTIONS["event_timestamp"]),
+        "watch_seconds": pa.Column(
+            "float64", pa.Check.ge(0), nullable=False, description=EVENT_DESCRIPTIONS["watch_seconds"]
+        ),
+        "device": pa.Column(str, nullable=False, description=EVENT_DESCRIPTIONS["device"]),
+        "session_id": pa.Column(str, nullable=False, description=EVENT_DESCRIPTIONS["session_id"]),
     },
     checks=[
         pa.Check(lambda df: (df["event_type"] == "play") | (df["watch_seconds"] == 0), name="impressions_unwatched"),
@@ -118,16 +158,30 @@ def _reasons() -> tuple[str, ...]:
 
 raw_events_dlq_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "line_number": pa.Column("int64", pa.Check.ge(1), nullable=False, unique=True),
-        "reason": pa.Column(str, pa.Check.isin(_reasons()), nullable=False),
+        "date": _date_col("Partition day (YYYY-MM-DD, UTC): the landing file the rejected line came from."),
+        "line_number": pa.Column(
+            "int64", pa.Check.ge(1), nullable=False, unique=True,
+            description="1-based line number of the rejected record in the day's landing file.",
+        ),
+        "reason": pa.Column(
+            str, pa.Check.isin(_reasons()), nullable=False,
+            description="Why the line was rejected: the first reason of core.ingest.REASON_ORDER that applies "
+            "(e.g. malformed_json, unknown_user_id, duplicate_event_id).",
+        ),
         # for humans: the line decoded as UTF-8, invalid bytes replaced by U+FFFD
-        "raw_line": pa.Column(str, nullable=False),
+        "raw_line": pa.Column(
+            str, nullable=False,
+            description="The line as text, for humans: decoded as UTF-8 with invalid bytes replaced by U+FFFD.",
+        ),
         # the exact bytes of the line, newline and trailing \r excluded: enough to re-run the record
         "raw_bytes": pa.Column(
-            object, pa.Check(lambda v: isinstance(v, bytes), element_wise=True, name="is_bytes"), nullable=False
+            object, pa.Check(lambda v: isinstance(v, bytes), element_wise=True, name="is_bytes"), nullable=False,
+            description="The exact bytes of the line (newline and trailing \\r excluded): enough to replay it.",
         ),
-        "event_id": pa.Column(str, nullable=True),
+        "event_id": pa.Column(
+            str, nullable=True,
+            description="The record's event_id when it could be read; null for lines that are not a JSON object.",
+        ),
     },
     strict=True,
     ordered=True,
@@ -136,9 +190,9 @@ raw_events_dlq_schema = pa.DataFrameSchema(
 
 user_catalog_schema = pa.DataFrameSchema(
     {
-        "user_id": pa.Column("int64", unique=True, nullable=False),
-        "signup_date": _date_col(),
-        "country": pa.Column(str, nullable=False),
+        "user_id": pa.Column("int64", unique=True, nullable=False, description="Id of the user."),
+        "signup_date": _date_col("Day (YYYY-MM-DD) the user signed up; dates the user's tenure."),
+        "country": pa.Column(str, nullable=False, description="The user's country (ISO 3166-1 alpha-2, e.g. US)."),
     },
     strict=False,
     name="user_catalog",
@@ -146,25 +200,49 @@ user_catalog_schema = pa.DataFrameSchema(
 
 item_catalog_schema = pa.DataFrameSchema(
     {
-        "item_id": pa.Column("int64", unique=True, nullable=False),
-        "genre": pa.Column(str, nullable=False),
-        "duration_seconds": pa.Column(float, pa.Check.gt(0), nullable=False),
-        "release_date": _date_col(),
+        "item_id": pa.Column("int64", unique=True, nullable=False, description="Id of the item (a title)."),
+        "genre": pa.Column(str, nullable=False, description="The item's genre (one per item)."),
+        "duration_seconds": pa.Column(
+            float, pa.Check.gt(0), nullable=False,
+            description="Running time of the item in seconds; a play of at least 90% of it is a completion.",
+        ),
+        "release_date": _date_col("Day (YYYY-MM-DD) the item became available; never recommended before it."),
     },
     strict=False,
     name="item_catalog",
 )
 
 _COUNTS = ("impressions", "plays", "completions")
+#: What each counted event is (the daily aggregates and the rolling-window features count the same).
+_COUNTED = {
+    "impressions": "impressions",
+    "plays": "plays",
+    "completions": "completed plays (watch_seconds >= 90% of the item's duration_seconds)",
+}
+_ENTITY = {"user_id": "the user", "item_id": "the item"}
 
 
-def _activity_schema(entity: str, distinct: str, name: str) -> pa.DataFrameSchema:
+def _activity_schema(entity: str, distinct: str, name: str, extra: dict[str, pa.Column]) -> pa.DataFrameSchema:
+    who = _ENTITY[entity]
     columns = {
-        "date": _date_col(),
-        entity: pa.Column("int64", nullable=False),
-        **{c: pa.Column("int64", pa.Check.ge(0), nullable=False) for c in _COUNTS},
-        "watch_seconds": pa.Column("float64", pa.Check.ge(0), nullable=False),
-        distinct: pa.Column("int64", pa.Check.ge(0), nullable=False),
+        "date": _date_col("Day (YYYY-MM-DD, UTC) of the activity: the daily partition key."),
+        entity: pa.Column("int64", nullable=False, description=f"Id of {who}; one row per {entity} active that day."),
+        **{
+            c: pa.Column(
+                "int64", pa.Check.ge(0), nullable=False, description=f"Number of {_COUNTED[c]} of {who} that day."
+            )
+            for c in _COUNTS
+        },
+        "watch_seconds": pa.Column(
+            "float64", pa.Check.ge(0), nullable=False,
+            description=f"Total seconds watched in the plays of {who} that day (sum of watch_seconds).",
+        ),
+        distinct: pa.Column(
+            "int64", pa.Check.ge(0), nullable=False,
+            description="Distinct items the user played that day." if entity == "user_id"
+            else "Distinct users who played the item that day.",
+        ),
+        **extra,
     }
     return pa.DataFrameSchema(
         columns,
@@ -178,26 +256,65 @@ def _activity_schema(entity: str, distinct: str, name: str) -> pa.DataFrameSchem
     )
 
 
-user_daily_activity_schema = _activity_schema("user_id", "distinct_items_played", "user_daily_activity")
-item_daily_activity_schema = _activity_schema("item_id", "distinct_users_played", "item_daily_activity")
+user_daily_activity_schema = _activity_schema(
+    "user_id",
+    "distinct_items_played",
+    "user_daily_activity",
+    {
+        "plays_genre__.+": _doc_only(
+            "plays_genre__<genre>: the user's plays that day of items of <genre> (genre slug: lower case, "
+            "non-alphanumerics as _); one column per catalogue genre.",
+            regex=True,
+        )
+    },
+)
+item_daily_activity_schema = _activity_schema("item_id", "distinct_users_played", "item_daily_activity", {})
 
 
 def _features_schema(entity: str, name: str, extra: dict[str, pa.Column]) -> pa.DataFrameSchema:
     from streamrec_assets.partitions import FEATURE_WINDOWS_DAYS
 
+    who = _ENTITY[entity]
+    longest = max(FEATURE_WINDOWS_DAYS)
+
+    def trailing(w: int) -> str:
+        return "on the feature day" if w == 1 else f"in the trailing {w} days (the feature day and the {w - 1} before)"
+
     columns: dict[str, pa.Column] = {
-        "date": _date_col(),
-        entity: pa.Column("int64", nullable=False),
-        "feature_timestamp": pa.Column(TIMESTAMP, nullable=False),
-        "history_days": pa.Column("int64", pa.Check.in_range(1, max(FEATURE_WINDOWS_DAYS)), nullable=False),
-        "active_days_28d": pa.Column("int64", pa.Check.in_range(1, 28), nullable=False),
+        "date": _date_col("Feature day (YYYY-MM-DD, UTC): the windows end with this day."),
+        entity: pa.Column(
+            "int64", nullable=False,
+            description=f"Id of {who}; one row per {entity} with activity in the trailing {longest} days.",
+        ),
+        "feature_timestamp": pa.Column(
+            TIMESTAMP, nullable=False,
+            description="End of the feature day (date + 1 day, 00:00 UTC), when the values become known; "
+            "Feast's event timestamp for point-in-time joins.",
+        ),
+        "history_days": pa.Column(
+            "int64", pa.Check.in_range(1, longest), nullable=False,
+            description=f"Days of the {longest}-day window inside the data's history ({longest} once "
+            f"{longest} days of history exist; fewer near the first day).",
+        ),
+        "active_days_28d": pa.Column(
+            "int64", pa.Check.in_range(1, 28), nullable=False,
+            description=f"Days of the trailing 28 on which {who} had any impression or play.",
+        ),
     }
+    watched = "Seconds the user watched" if entity == "user_id" else "Seconds of the item watched (all users)"
     for w in FEATURE_WINDOWS_DAYS:
         for c in _COUNTS:
-            columns[f"{c}_{w}d"] = pa.Column("int64", pa.Check.ge(0), nullable=False)
-        columns[f"watch_seconds_{w}d"] = pa.Column("float64", pa.Check.ge(0), nullable=False)
+            columns[f"{c}_{w}d"] = pa.Column(
+                "int64", pa.Check.ge(0), nullable=False, description=f"Number of {_COUNTED[c]} of {who} {trailing(w)}."
+            )
+        columns[f"watch_seconds_{w}d"] = pa.Column(
+            "float64", pa.Check.ge(0), nullable=False, description=f"{watched} {trailing(w)}."
+        )
     for w in (7, 28):
-        columns[f"completion_rate_{w}d"] = pa.Column("float64", pa.Check.in_range(0, 1), nullable=True)
+        columns[f"completion_rate_{w}d"] = pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True,
+            description=f"completions_{w}d / plays_{w}d of {who}; null without plays in the window.",
+        )
     columns.update(extra)
     windows_nested = [
         pa.Check(
@@ -222,12 +339,23 @@ def _features_schema(entity: str, name: str, extra: dict[str, pa.Column]) -> pa.
 user_features_schema = _features_schema(
     "user_id",
     "user_features",
-    {"genre_share_28d__.+": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True, regex=True)},
+    {
+        "genre_share_28d__.+": pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True, regex=True,
+            description="genre_share_28d__<genre>: share of the user's plays in the trailing 28 days that were of "
+            "items of <genre> (genre slug); one column per catalogue genre; null without plays.",
+        )
+    },
 )
 item_features_schema = _features_schema(
     "item_id",
     "item_features",
-    {"play_rate_7d": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True)},
+    {
+        "play_rate_7d": pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True,
+            description="plays_7d / impressions_7d of the item (capped at 1); null without impressions in the window.",
+        )
+    },
 )
 
 
@@ -259,17 +387,55 @@ def validate(df: pd.DataFrame, schema: pa.DataFrameSchema) -> ContractResult:
 
 training_examples_schema = pa.DataFrameSchema(
     {
-        "example_id": pa.Column(str, unique=True, nullable=False),
-        "date": _date_col(),
-        "user_id": pa.Column("int64", nullable=False),
-        "item_id": pa.Column("int64", nullable=False),
-        "session_id": pa.Column(str, nullable=False),
-        "event_timestamp": pa.Column(TIMESTAMP, nullable=False),
-        "label": pa.Column("int64", pa.Check.isin([0, 1, 2]), nullable=False),
-        "user_features__plays_28d": pa.Column(float, pa.Check.ge(0), nullable=True, coerce=True),
-        "item_features__plays_28d": pa.Column(float, pa.Check.ge(0), nullable=True, coerce=True),
-        "user_genre_share_for_item": pa.Column(float, pa.Check.in_range(0, 1), nullable=True),
-        "item_age_days": pa.Column(float, nullable=True),
+        "example_id": pa.Column(
+            str, unique=True, nullable=False,
+            description="<YYYYMMDD>-<8-digit index>: the day and the impression's position in the day, ordered by "
+            "time, user, item.",
+        ),
+        "date": _date_col("Day (YYYY-MM-DD, UTC) of the impression: the daily partition key."),
+        "user_id": pa.Column("int64", nullable=False, description="The user the item was shown to."),
+        "item_id": pa.Column("int64", nullable=False, description="The item shown (the impression)."),
+        "session_id": pa.Column(str, nullable=False, description="Session of the impression."),
+        "event_timestamp": pa.Column(
+            TIMESTAMP, nullable=False,
+            description="Time of the impression (UTC): the features are looked up as of this instant.",
+        ),
+        "label": pa.Column(
+            "int64", pa.Check.isin([0, 1, 2]), nullable=False,
+            description="Graded outcome: 2 the impression led to a completed play, 1 to a play, 0 to none "
+            "(a play counts for the latest impression of the same user, item and session before it).",
+        ),
+        "user_features__plays_28d": pa.Column(
+            float, pa.Check.ge(0), nullable=True, coerce=True,
+            description="user_features.plays_28d as of the impression (Feast point-in-time join, 7-day TTL); "
+            "null when the user has no feature row yet.",
+        ),
+        "item_features__plays_28d": pa.Column(
+            float, pa.Check.ge(0), nullable=True, coerce=True,
+            description="item_features.plays_28d as of the impression (Feast point-in-time join, 7-day TTL); "
+            "null when the item has no feature row yet.",
+        ),
+        "user_features__.+": _doc_only(
+            "user_features__<feature>: the user's <feature> of user_features as of the impression (the latest "
+            "feature row at most 7 days old, from an earlier day); null without one.",
+            regex=True,
+        ),
+        "item_features__.+": _doc_only(
+            "item_features__<feature>: the item's <feature> of item_features as of the impression (the latest "
+            "feature row at most 7 days old, from an earlier day); null without one.",
+            regex=True,
+        ),
+        "user_genre_share_for_item": pa.Column(
+            float, pa.Check.in_range(0, 1), nullable=True,
+            description="The user's genre_share_28d__<genre> for the item's genre; null without user features.",
+        ),
+        "item_age_days": pa.Column(
+            float, nullable=True,
+            description="Days from the item's release_date to the impression (fractional).",
+        ),
+        "item_duration_seconds": _doc_only("The item's duration_seconds from item_catalog."),
+        "item_genre_code": _doc_only("The item's genre as a number: its index in the sorted catalogue genres."),
+        "user_tenure_days": _doc_only("Days from the user's signup_date to the impression (fractional)."),
     },
     checks=[
         pa.Check(
@@ -283,14 +449,32 @@ training_examples_schema = pa.DataFrameSchema(
 
 batch_recommendations_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "user_id": pa.Column("int64", nullable=False),
-        "rank": pa.Column("int64", pa.Check.in_range(1, 20), nullable=False),
-        "item_id": pa.Column("int64", nullable=False),
-        "score": pa.Column("float64", nullable=False),
-        "candidate_source": pa.Column(str, pa.Check.isin(["covis", "popular"]), nullable=False),
-        "model_version": pa.Column("int64", pa.Check.ge(0), nullable=False),
-        "feature_source": pa.Column(str, pa.Check.isin(["online", "offline", "none"]), nullable=False),
+        "date": _date_col("Serving day (YYYY-MM-DD, UTC): recommendations as of the end of this day."),
+        "user_id": pa.Column("int64", nullable=False, description="A user active on the serving day."),
+        "rank": pa.Column(
+            "int64", pa.Check.in_range(1, 20), nullable=False,
+            description="Position in the user's list, 1 = best (by score; ties: smaller item_id).",
+        ),
+        "item_id": pa.Column("int64", nullable=False, description="The recommended item (released by the end of the day)."),
+        "score": pa.Column(
+            "float64", nullable=False,
+            description="The champion ranker's score (higher is better; only the order matters); without a "
+            "champion, minus the retrieval rank.",
+        ),
+        "candidate_source": pa.Column(
+            str, pa.Check.isin(["covis", "popular"]), nullable=False,
+            description="Where retrieval found the item: 'covis' (co-visitation with the user's recent plays) or "
+            "'popular' (popularity fallback).",
+        ),
+        "model_version": pa.Column(
+            "int64", pa.Check.ge(0), nullable=False,
+            description="MLflow version of streamrec-ranker (alias champion) that scored the list; 0 without one.",
+        ),
+        "feature_source": pa.Column(
+            str, pa.Check.isin(["online", "offline", "none"]), nullable=False,
+            description="Where the features came from: 'online' store (newest day), 'offline' store as of the day's "
+            "end (backfilled day), 'none' (no champion: retrieval order).",
+        ),
     },
     checks=[
         pa.Check(lambda df: ~df.duplicated(["date", "user_id", "rank"]), name="one_item_per_rank"),
@@ -312,10 +496,17 @@ def _coplay_distances() -> list[str]:
 
 daily_coplay_pairs_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "item_lo": pa.Column("int64", nullable=False),
-        "item_hi": pa.Column("int64", nullable=False),
-        **{d: pa.Column("int32", pa.Check.ge(0), nullable=False) for d in _coplay_distances()},
+        "date": _date_col("Day (YYYY-MM-DD, UTC) of the plays counted: the daily partition key."),
+        "item_lo": pa.Column("int64", nullable=False, description="The smaller item id of the unordered pair."),
+        "item_hi": pa.Column("int64", nullable=False, description="The larger item id of the unordered pair."),
+        **{
+            d: pa.Column(
+                "int32", pa.Check.ge(0), nullable=False,
+                description=f"Times the two items were played exactly {d[1:]} plays apart (1 = one right after "
+                "the other) in one user's plays of the day.",
+            )
+            for d in _coplay_distances()
+        },
     },
     checks=[
         pa.Check(lambda df: df["item_lo"] < df["item_hi"], name="unordered_pair_once"),
@@ -329,11 +520,15 @@ daily_coplay_pairs_schema = pa.DataFrameSchema(
 
 daily_coplay_history_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "user_id": pa.Column("int64", nullable=False),
-        "item_id": pa.Column("int64", nullable=False),
-        "last_played": pa.Column(TIMESTAMP, nullable=False),
-        "plays": pa.Column("int64", pa.Check.ge(1), nullable=False),
+        "date": _date_col("Day (YYYY-MM-DD, UTC) of the plays: the daily partition key."),
+        "user_id": pa.Column("int64", nullable=False, description="The user who played the item that day."),
+        "item_id": pa.Column("int64", nullable=False, description="The item played."),
+        "last_played": pa.Column(
+            TIMESTAMP, nullable=False, description="Time (UTC) of the user's latest play of the item that day."
+        ),
+        "plays": pa.Column(
+            "int64", pa.Check.ge(1), nullable=False, description="Number of plays of the item by the user that day."
+        ),
     },
     checks=[
         pa.Check(lambda df: ~df.duplicated(["date", "user_id", "item_id"]), name="one_row_per_user_item_and_day"),
@@ -358,11 +553,18 @@ def _edges_consistent(df: pd.DataFrame) -> pd.Series:
 
 daily_coplay_edges_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "user_id": pa.Column("int64", nullable=False),
-        "item_id": pa.Column("int64", nullable=False),
-        "pos": pa.Column("int32", pa.Check.ge(0), nullable=False),
-        "rpos": pa.Column("int32", pa.Check.ge(0), nullable=False),
+        "date": _date_col("Day (YYYY-MM-DD, UTC) of the plays: the daily partition key."),
+        "user_id": pa.Column("int64", nullable=False, description="The user whose play it is."),
+        "item_id": pa.Column("int64", nullable=False, description="The item played."),
+        "pos": pa.Column(
+            "int32", pa.Check.ge(0), nullable=False,
+            description="Position of the play in the user's plays of the day, 0 = the first (only the first and "
+            f"last {len(_coplay_distances())} plays are kept: they pair with the neighbouring days).",
+        ),
+        "rpos": pa.Column(
+            "int32", pa.Check.ge(0), nullable=False,
+            description="Position of the play counted from the user's last play of the day, 0 = the last.",
+        ),
     },
     checks=[
         pa.Check(
@@ -424,18 +626,40 @@ def _untrained_card_empty(df: pd.DataFrame) -> pd.Series:
 #: The ranker's model card (``ranking_model/date=D/data.parquet``): one row per day.
 ranking_model_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "status": pa.Column(str, pa.Check.isin(MODEL_STATUSES), nullable=False),
-        "model_uri": pa.Column(str, nullable=False),
-        "model_sha256": pa.Column(str, nullable=False),
-        "train_days": pa.Column("int64", pa.Check.ge(0), nullable=False),
-        "validation_day": _date_col(),
-        "train_rows": pa.Column("int64", pa.Check.ge(0), nullable=False),
-        "validation_rows": pa.Column("int64", pa.Check.ge(0), nullable=False),
-        "best_iteration": pa.Column("int64", pa.Check.ge(-1), nullable=False),
-        "validation_ndcg_at_20": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
-        "features": pa.Column(str, nullable=False),
-        "params": pa.Column(str, nullable=False),
+        "date": _date_col("Model day D (YYYY-MM-DD): trained on [D-14, D-2], early-stopped on D-1, evaluated on D."),
+        "status": pa.Column(
+            str, pa.Check.isin(MODEL_STATUSES), nullable=False,
+            description="'ok' (a ranker was trained) or 'insufficient_history' (no model for the day).",
+        ),
+        "model_uri": pa.Column(
+            str, nullable=False, description="Where the model (XGBoost UBJSON, model.ubj) is stored; '' without one."
+        ),
+        "model_sha256": pa.Column(
+            str, nullable=False, description="SHA-256 (hex) of the model.ubj bytes; '' without a model."
+        ),
+        "train_days": pa.Column(
+            "int64", pa.Check.ge(0), nullable=False,
+            description="Days of the 13-day training window [D-14, D-2] that had training examples.",
+        ),
+        "validation_day": _date_col("The early-stopping day D-1 (YYYY-MM-DD)."),
+        "train_rows": pa.Column(
+            "int64", pa.Check.ge(0), nullable=False, description="Training examples read from the window's days."
+        ),
+        "validation_rows": pa.Column(
+            "int64", pa.Check.ge(0), nullable=False, description="Training examples of the validation day."
+        ),
+        "best_iteration": pa.Column(
+            "int64", pa.Check.ge(-1), nullable=False,
+            description="Boosting round kept by early stopping (0-based); -1 without a model.",
+        ),
+        "validation_ndcg_at_20": pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True,
+            description="NDCG@20 on the validation day at best_iteration (XGBoost's ndcg@20); null without a model.",
+        ),
+        "features": pa.Column(
+            str, nullable=False, description="JSON list of the model's input features, in the model's order."
+        ),
+        "params": pa.Column(str, nullable=False, description="JSON object of the XGBoost training parameters."),
     },
     checks=[
         pa.Check(lambda df: ~df.duplicated(["date"]), name="one_card_per_day"),
@@ -451,15 +675,34 @@ ranking_model_schema = pa.DataFrameSchema(
 #: The retrieval model's card (``retrieval_model/date=D/data.parquet``): one row per day.
 retrieval_model_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "status": pa.Column(str, pa.Check.isin(MODEL_STATUSES), nullable=False),
-        "uri": pa.Column(str, nullable=False),
-        "trained_through": _date_col(),
-        "plays_in_window": pa.Column("int64", pa.Check.ge(0), nullable=False),
-        "items": pa.Column("int64", pa.Check.ge(0), nullable=False),
-        "neighbor_pairs": pa.Column("int64", pa.Check.ge(0), nullable=False),
-        "users_with_history": pa.Column("int64", pa.Check.ge(0), nullable=False),
-        "recall_at_100_next_day": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+        "date": _date_col("Model day D (YYYY-MM-DD): trained on the plays of [D-28, D-1], serves day D."),
+        "status": pa.Column(
+            str, pa.Check.isin(MODEL_STATUSES), nullable=False,
+            description="'ok' (the model knows some items) or 'insufficient_history' (no plays in the window).",
+        ),
+        "uri": pa.Column(
+            str, nullable=False, description="Directory of the model's tables (neighbors, popularity, history)."
+        ),
+        "trained_through": _date_col("Last day of plays the model saw: D-1 (YYYY-MM-DD)."),
+        "plays_in_window": pa.Column(
+            "int64", pa.Check.ge(0), nullable=False, description="Plays in the 28-day training window."
+        ),
+        "items": pa.Column(
+            "int64", pa.Check.ge(0), nullable=False, description="Items with plays in the window (popularity list)."
+        ),
+        "neighbor_pairs": pa.Column(
+            "int64", pa.Check.ge(0), nullable=False,
+            description="(item, neighbour) rows kept: co-visitation neighbours, at most 50 per item.",
+        ),
+        "users_with_history": pa.Column(
+            "int64", pa.Check.ge(0), nullable=False,
+            description="Users with recent plays in the window (the histories retrieval starts from).",
+        ),
+        "recall_at_100_next_day": pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True,
+            description="Mean Recall@100 of the top-100 candidates against each user's distinct plays of day D; "
+            "null without a model or plays.",
+        ),
     },
     checks=[
         pa.Check(lambda df: ~df.duplicated(["date"]), name="one_card_per_day"),
@@ -487,12 +730,29 @@ def _baselines_present(df: pd.DataFrame) -> bool:
 #: The hold-out metrics (``model_evaluation/date=D/data.parquet``): one row per day and method.
 model_evaluation_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "method": pa.Column(str, pa.Check.isin(_evaluation_methods()), nullable=False),
-        "users": pa.Column("int64", pa.Check.ge(0), nullable=False),
-        "ndcg_at_20": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
-        "recall_at_100": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
-        "model_sha256": pa.Column(str, pa.Check.str_matches(SHA256_PATTERN), nullable=False),
+        "date": _date_col("Hold-out day D (YYYY-MM-DD) the models are evaluated on."),
+        "method": pa.Column(
+            str, pa.Check.isin(_evaluation_methods()), nullable=False,
+            description="'ours' (the ranker and retrieval model), 'popularity' (baseline) or 'oracle' (the "
+            "generator's hidden affinity: an upper bound, synthetic data only).",
+        ),
+        "users": pa.Column(
+            "int64", pa.Check.ge(0), nullable=False,
+            description="Users measured: a sample (at most max_users) of those whose logged slate has 2+ items, "
+            "1+ played.",
+        ),
+        "ndcg_at_20": pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True,
+            description="Mean NDCG@20 of the method's ordering of each user's impressions of D (graded labels).",
+        ),
+        "recall_at_100": pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True,
+            description="Mean Recall@100 of the method's top-100 items against each user's plays of D.",
+        ),
+        "model_sha256": pa.Column(
+            str, pa.Check.str_matches(SHA256_PATTERN), nullable=False,
+            description="SHA-256 of the evaluated ranker (ranking_model.model_sha256 of the day).",
+        ),
     },
     checks=[
         pa.Check(lambda df: ~df.duplicated(["date", "method"]), name="one_row_per_method_and_day"),
@@ -529,21 +789,61 @@ def _registered_iff_not_skipped(df: pd.DataFrame) -> pd.Series:
 #: The registry's record of a day (``registered_model/date=D/data.parquet``, :meth:`DayOutcome.row`).
 registered_model_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "status": pa.Column(str, pa.Check.isin(_STATUSES), nullable=False),
-        "decision": pa.Column(str, pa.Check.isin(_DECISIONS), nullable=False),
-        "registration": pa.Column(str, pa.Check.isin(_REGISTRATIONS), nullable=False),
-        "reason": pa.Column(str, pa.Check.str_length(min_value=1), nullable=False),
-        "version": pa.Column("int64", pa.Check.ge(-1), nullable=False),
-        "run_id": pa.Column(str, nullable=False),
-        "fingerprint": pa.Column(str, nullable=False),
-        "reused": pa.Column(bool, nullable=False),
-        "challenger_ndcg": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
-        "champion_ndcg": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
-        "champion_version": pa.Column("int64", pa.Check.ge(-1), nullable=False),
-        "decided_by": pa.Column(str, nullable=False),
-        "ndcg_at_20": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
-        "popularity_ndcg_at_20": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+        "date": _date_col("Model day D (YYYY-MM-DD) whose ranker was registered."),
+        "status": pa.Column(
+            str, pa.Check.isin(_STATUSES), nullable=False,
+            description="What this run did: promoted / champion_kept / already_champion (decided here), reused "
+            "(decided earlier) or skipped (no trained ranker).",
+        ),
+        "decision": pa.Column(
+            str, pa.Check.isin(_DECISIONS), nullable=False,
+            description="The version's recorded promotion decision (tag streamrec.promotion); '' when skipped.",
+        ),
+        "registration": pa.Column(
+            str, pa.Check.isin(_REGISTRATIONS), nullable=False,
+            description="How the version was obtained: registered here, reused (same inputs) or race_lost; '' "
+            "when skipped.",
+        ),
+        "reason": pa.Column(
+            str, pa.Check.str_length(min_value=1), nullable=False,
+            description="The decision's reason in words (or why the day was skipped).",
+        ),
+        "version": pa.Column(
+            "int64", pa.Check.ge(-1), nullable=False,
+            description="MLflow model version of streamrec-ranker for the day; -1 when skipped.",
+        ),
+        "run_id": pa.Column(str, nullable=False, description="MLflow run that logged the version; '' when skipped."),
+        "fingerprint": pa.Column(
+            str, nullable=False,
+            description="Input fingerprint (model sha256, day, metrics, code version, config): one version per "
+            "fingerprint; '' when skipped.",
+        ),
+        "reused": pa.Column(
+            bool, nullable=False, description="True when the version was not created by this run (reused, race_lost)."
+        ),
+        "challenger_ndcg": pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True,
+            description="The day's model's NDCG@20 on day D's evaluation set (the promotion gate's input).",
+        ),
+        "champion_ndcg": pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True,
+            description="The champion's NDCG@20 on the same evaluation set at decision time; null without one.",
+        ),
+        "champion_version": pa.Column(
+            "int64", pa.Check.ge(-1), nullable=False,
+            description="Version holding alias champion after this run; -1 when none.",
+        ),
+        "decided_by": pa.Column(
+            str, nullable=False, description="Dagster run id that made the promotion decision; '' when skipped."
+        ),
+        "ndcg_at_20": pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True,
+            description="The ranker's NDCG@20 on day D (model_evaluation, method 'ours').",
+        ),
+        "popularity_ndcg_at_20": pa.Column(
+            "float64", pa.Check.in_range(0, 1), nullable=True,
+            description="The popularity baseline's NDCG@20 on day D (model_evaluation).",
+        ),
     },
     checks=[
         pa.Check(lambda df: ~df.duplicated(["date"]), name="one_record_per_day"),
@@ -567,11 +867,22 @@ def _feature_views() -> list[str]:
 #: The feature store's record of a day (``feast_feature_views/date=D/data.parquet``): one row per view.
 feast_feature_views_schema = pa.DataFrameSchema(
     {
-        "date": _date_col(),
-        "feature_view": pa.Column(str, pa.Check.isin(_feature_views()), nullable=False),
-        "version": pa.Column(str, pa.Check.str_length(min_value=1), nullable=False),
-        "features": pa.Column("int64", pa.Check.gt(0), nullable=False),
-        "online_materialized": pa.Column(bool, nullable=False),
+        "date": _date_col("Feature day (YYYY-MM-DD) the record is about."),
+        "feature_view": pa.Column(
+            str, pa.Check.isin(_feature_views()), nullable=False, description="Name of the Feast feature view."
+        ),
+        "version": pa.Column(
+            str, pa.Check.str_length(min_value=1), nullable=False,
+            description="The view's version: a hash of its spec, prefixed by Feast's version number when set.",
+        ),
+        "features": pa.Column(
+            "int64", pa.Check.gt(0), nullable=False, description="Number of features the view serves."
+        ),
+        "online_materialized": pa.Column(
+            bool, nullable=False,
+            description="True when this run wrote the day into the online store; False for a backfill of days "
+            "older than the online store (offline only).",
+        ),
     },
     checks=[
         pa.Check(lambda df: ~df.duplicated(["date", "feature_view"]), name="one_row_per_view_and_day"),

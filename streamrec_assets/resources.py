@@ -16,15 +16,28 @@ if TYPE_CHECKING:
 
 
 class S3Access(dg.ConfigurableResource):
-    """Where a resource's files live: local paths, or s3:// URIs on any S3-compatible endpoint.
+    """Access to files that live on local paths or under s3:// URIs of any S3-compatible store.
 
-    The endpoint and the credentials are declared here once; the credentials are passed as
-    ``dg.EnvVar`` (shown by name only) or left empty for the standard AWS environment.
+    The base of the landing zone and asset storage resources: the endpoint and the credentials
+    are declared here once. Credentials are passed as `dg.EnvVar` (the UI shows the variable's
+    name, never its value) or left empty to use the standard AWS environment and config files.
     """
 
-    s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
-    aws_access_key_id: str = Field(default="", description="S3 key (pass dg.EnvVar('AWS_ACCESS_KEY_ID')).")
-    aws_secret_access_key: str = Field(default="", description="S3 secret (pass dg.EnvVar(...)).")
+    s3_endpoint_url: str = Field(
+        default="",
+        description="Endpoint URL of an S3-compatible store (e.g. http://localhost:9000 for MinIO; "
+        "STREAMREC_S3_ENDPOINT_URL). Empty: AWS S3, or nothing for local paths.",
+    )
+    aws_access_key_id: str = Field(
+        default="",
+        description="S3 access key id, passed as dg.EnvVar('AWS_ACCESS_KEY_ID'). Empty: the standard AWS "
+        "credential chain.",
+    )
+    aws_secret_access_key: str = Field(
+        default="",
+        description="S3 secret access key, passed as dg.EnvVar('AWS_SECRET_ACCESS_KEY') (never a literal). "
+        "Empty: the standard AWS credential chain.",
+    )
 
     def s3_options(self) -> S3Options:
         from streamrec_assets.storage import S3Options
@@ -33,9 +46,18 @@ class S3Access(dg.ConfigurableResource):
 
 
 class LandingZone(S3Access):
-    """The upstream export (layout and completion marker: :mod:`streamrec_assets.landing`)."""
+    """The landing zone: where the upstream export delivers each day's events and the catalogues.
 
-    uri: str = Field(description="Root of the landing zone: a local directory or s3://bucket/prefix.")
+    `events/date=YYYY-MM-DD/`: one JSON Lines file of events per day (gzip or plain) and its
+    completion marker `_SUCCESS` (sha256 and record count); a day is ingested only once the
+    marker is present and matches the file. `catalog/`: the users and items catalogues (Parquet).
+    Read-only for the pipeline (layout: streamrec_assets.landing).
+    """
+
+    uri: str = Field(
+        description="Root of the landing zone: a local directory or s3://bucket/prefix (STREAMREC_LANDING_URI; "
+        "default $STREAMREC_HOME/landing)."
+    )
 
     def landing(self) -> Landing:
         from streamrec_assets.landing import Landing
@@ -69,14 +91,18 @@ class LandingZone(S3Access):
 
 
 class Storage(S3Access):
-    """Asset storage (:mod:`streamrec_assets.storage`): tables, files next to them, transactions.
+    """Asset storage: every asset's daily tables (Parquet) and the files next to them (models, manifests).
 
-    ``<base_uri>/<asset>/date=YYYY-MM-DD/<name>``. Assets stage what they write in a
-    :class:`~streamrec_assets.storage.Transaction`, audit it, then publish it (write-audit-publish);
-    the IO manager reads the published values.
+    Layout: `<base_uri>/<asset>/date=YYYY-MM-DD/<name>`, one `data.parquet` per partition. Assets
+    stage what they write in a transaction, audit it (the pandera contract and the blocking
+    checks), then publish it: write-audit-publish, so readers never see a half-written or failed
+    day (quarantined instead). The IO manager reads the published partitions.
     """
 
-    base_uri: str = Field(description="Root of asset storage: a local directory or s3://bucket/prefix.")
+    base_uri: str = Field(
+        description="Root of asset storage: a local directory or s3://bucket/prefix (STREAMREC_STORAGE_URI; "
+        "default $STREAMREC_HOME/storage)."
+    )
 
     def tables(self) -> TableStore:
         from streamrec_assets.storage import TableStore
@@ -115,13 +141,34 @@ class Storage(S3Access):
 
 
 class FeastResource(dg.ConfigurableResource):
-    """The Feast feature store (DuckDB offline store; SQLite or Redis online store)."""
+    """The Feast feature store over the user_features and item_features tables.
 
-    storage_uri: str = Field(description="Where the feature tables live (the sources of the feature views).")
-    repo_dir: str = Field(description="Directory of the Feast registry and SQLite online store.")
-    online_store: str = Field(default="sqlite", description="'sqlite' or 'redis'.")
-    redis_url: str = Field(default="", description="Redis connection string, e.g. localhost:6379.")
-    s3_endpoint_url: str = Field(default="", description="Endpoint of an S3-compatible store.")
+    Offline store: DuckDB reading the feature partitions in asset storage (point-in-time joins
+    for training and evaluation). Online store: SQLite (default) or Redis, loaded by
+    feast_feature_views and read by batch serving. The registry is a local file in `repo_dir`.
+    """
+
+    storage_uri: str = Field(
+        description="Root of asset storage, where the feature tables (the sources of the feature views) live: "
+        "a local directory or s3://bucket/prefix."
+    )
+    repo_dir: str = Field(
+        description="Local directory of the Feast registry and the SQLite online store "
+        "($STREAMREC_HOME/feast)."
+    )
+    online_store: str = Field(
+        default="sqlite", description="Online store: 'sqlite' or 'redis' (STREAMREC_FEAST_ONLINE_STORE)."
+    )
+    redis_url: str = Field(
+        default="",
+        description="Redis connection string (host:port, e.g. localhost:6379) when online_store is 'redis' "
+        "(STREAMREC_REDIS_URL).",
+    )
+    s3_endpoint_url: str = Field(
+        default="",
+        description="Endpoint URL of an S3-compatible store holding the feature tables; empty for AWS S3 or "
+        "local paths.",
+    )
 
     def settings(self):
         import dataclasses
@@ -142,12 +189,33 @@ class FeastResource(dg.ConfigurableResource):
 
 
 class MLflowResource(dg.ConfigurableResource):
-    """MLflow tracking and model registry (SQLite backend by default; any server by URI)."""
+    """MLflow tracking server and model registry of the ranker.
 
-    tracking_uri: str = Field(description="MLflow tracking URI (MLFLOW_TRACKING_URI).")
-    artifact_location: str = Field(default="", description="Artifact root for a new experiment (local backends).")
-    experiment: str = Field(default="streamrec", description="Experiment of the training runs.")
-    registered_model: str = Field(default="streamrec-ranker", description="Registered model name.")
+    registered_model logs one run per trained day (parameters, metrics, the XGBoost model with
+    its signature, the lineage record) and registers it as a version of `registered_model`;
+    aliases `challenger` and `champion` mark the latest and the promoted version, and
+    batch_recommendations serves the champion. SQLite backend under $STREAMREC_HOME/mlflow by
+    default (its UI: `make mlflow-ui`, http://127.0.0.1:5000), or any MLflow server by URI.
+    """
+
+    tracking_uri: str = Field(
+        description="MLflow tracking and registry URI (MLFLOW_TRACKING_URI): sqlite:///path/mlflow.db (default "
+        "under $STREAMREC_HOME/mlflow) or http(s)://server. An http(s) URI is also the base of the MLflow UI "
+        "links in the metadata."
+    )
+    artifact_location: str = Field(
+        default="",
+        description="Artifact root given to the experiment when this resource creates it (local backends); "
+        "empty: the server's default.",
+    )
+    experiment: str = Field(
+        default="streamrec", description="MLflow experiment of the training runs (created when missing)."
+    )
+    registered_model: str = Field(
+        default="streamrec-ranker",
+        description="Name of the registered model whose versions hold the daily rankers (aliases challenger and "
+        "champion).",
+    )
 
     def client(self):
         import mlflow

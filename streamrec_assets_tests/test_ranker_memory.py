@@ -36,6 +36,8 @@ from streamrec_assets.core.registry import ndcg_on
 from streamrec_assets.core.training import model_feature_columns
 from streamrec_assets.storage import TableStore, read_parquet_schema, write_parquet
 
+pytestmark = pytest.mark.slow  # trains XGBoost rankers on generated windows
+
 DAYS = [f"2026-01-{d:02d}" for d in range(1, 15)]  # training_examples of ranking_model 2026-01-15
 MODEL_DAY = "2026-01-15"
 #: |validation NDCG@20 (streamed QuantileDMatrix) - validation NDCG@20 (in-memory DMatrix)| on the same data.

@@ -211,6 +211,7 @@ def test_registered_model_is_in_the_registry_pool():
     assert POOL_LIMITS["registry"] == 1
 
 
+@pytest.mark.slow  # two real processes
 def test_two_racing_processes_register_one_version_and_decide_once(world, client):
     root, settings, instance = world
     ctx = _processes()

@@ -239,14 +239,13 @@ def run_days(
     assets: Sequence[str],
     compute: Callable[[str], DayResult],
     days: Sequence[str] | None = None,
-    summarize: Callable[[str, dict[str, dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Write-audit-publish each day of the step in order; then one MaterializeResult per asset.
 
     Every partition gets its own metadata (``context.add_asset_metadata(partition_key=D)``)
     and its own check evaluations, also inside a single-run range, so the UI's partition
-    plots show each day's figures. The step's own result carries only range-level facts
-    (``partitions_written``) and, via ``summarize(asset, per_day_metadata)``, anything else.
+    plots show each day's figures. (Metadata of the step's own result would be copied onto
+    every partition of a range, so it carries none.)
 
     A multi-asset step writes all of ``assets`` together even when only some are selected
     (they are one day's consistent output); the ones not selected are recorded as runtime
@@ -292,15 +291,12 @@ def run_days(
     for asset in assets:
         if asset not in selected:
             continue
-        metadata: dict[str, Any] = {"partitions_written": len(per_day[asset])}
-        if summarize is not None:
-            metadata.update(summarize(asset, per_day[asset]))
         mine = {key: seen for key, seen in checks_seen.items() if key[0] == asset}
         if not ranged:
             results = [seen[-1][1] for seen in mine.values()]
-            yield dg.MaterializeResult(asset_key=asset, metadata=metadata, check_results=results)
+            yield dg.MaterializeResult(asset_key=asset, check_results=results)
             continue
-        yield dg.MaterializeResult(asset_key=asset, metadata=metadata)
+        yield dg.MaterializeResult(asset_key=asset)
         # now that each partition's materialisation exists, record each day's evaluation against it
         targets = _materializations_of_run(context, asset, days)
         for (_, _name), seen in mine.items():

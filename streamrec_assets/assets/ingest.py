@@ -93,10 +93,12 @@ BUDGET_CHECK = "within_failure_budget"
     outs={
         "raw_events": dg.AssetOut(
             kinds={"parquet"},
+            is_required=False,  # subsettable: see can_subset below
             description="Valid viewing events of the day, typed, one row per event_id.",
         ),
         "raw_events_dlq": dg.AssetOut(
             kinds={"parquet"},
+            is_required=False,
             description="Rejected landing records of the day: line number, reason and the exact raw bytes.",
         ),
     },

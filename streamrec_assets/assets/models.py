@@ -57,7 +57,9 @@ BEATS_POPULARITY_CHECK = "beats_popularity"
     freshness_policy=MODELS_FRESHNESS,
     retry_policy=STORAGE_RETRY,
     description="XGBoost ranker (rank:ndcg, one query per user and day) trained on the training examples of "
-    "[D-14, D-2], early-stopped on D-1; saved in XGBoost's UBJSON format. The value is the model card.",
+    "[D-14, D-2], early-stopped on D-1; saved in XGBoost's UBJSON format. The value is the model card. "
+    "Once registered_model has registered a day's ranker in MLflow, the partition carries an observation "
+    "with its version, run id and links to both in the MLflow UI.",
 )
 def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples: PartitionReader):
     from streamrec_assets.core.ranking import ranker_features, train_ranker_batches

@@ -18,6 +18,7 @@ decision and reason) is the partition's ``data.parquet``, published by write-aud
 """
 
 import json
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -33,6 +34,9 @@ from streamrec_assets.core.registry import (
     ChampionConsistency,
     DayOutcome,
     Registry,
+    mlflow_model_version_url,
+    mlflow_run_url,
+    mlflow_ui_base,
     register_day,
     skipped,
 )
@@ -86,7 +90,10 @@ class RegistryConfig(dg.Config):
     code_version="1",
     description="A registered MLflow version of streamrec-ranker per trained day (alias challenger), promoted "
     "to champion by the NDCG@20 gate; exactly one version per input fingerprint and one recorded decision, "
-    "also under concurrent runs. One row per day: version, run, registration, decision and reason.",
+    "also under concurrent runs. One row per day: version, run, registration, decision and reason. Each "
+    "day's metadata links the MLflow run and model version (the MLflow UI at the tracking server, or "
+    "http://127.0.0.1:5000 from `make mlflow-ui` for a local store); the day's ranking_model partition gets "
+    "the same links as an observation.",
 )
 def registered_model(
     context: dg.AssetExecutionContext,
@@ -100,6 +107,7 @@ def registered_model(
     registry = open_registry(mlflow, config.decision_wait_seconds)
     lineage_base = _lineage_base(context, feast, config.promotion_tolerance)
     cards = ranking_model.set_index("date")
+    ui = mlflow_ui_base(mlflow.tracking_uri)
 
     def compute(day: str) -> DayResult:
         card = cards.loc[day]
@@ -117,10 +125,13 @@ def registered_model(
             )
         context.log.info(f"{day}: {outcome.status.value} (version {outcome.version}); {outcome.reason}")
         frame = pd.DataFrame([outcome.row()])
+        links = mlflow_links(registry, outcome, ui)
+        if outcome.version >= 1:  # the ranker of the day is in MLflow now, whatever this day's audit says
+            context.log_event(model_observation(registry.name, outcome, links))
         return DayResult(
             tables={ASSET: frame},
             checks=[champion_check(registry.consistency())],
-            metadata={ASSET: day_figures(frame, outcome, mlflow)},
+            metadata={ASSET: day_figures(frame, outcome, mlflow, links)},
         )
 
     yield from run_days(context, storage, [ASSET], compute)
@@ -225,8 +236,11 @@ def _evaluation_set(storage: Storage, day: str) -> pd.DataFrame:
         raise NeverMaterializedError(f"model_evaluation[{day}]", where) from exc
 
 
-def day_figures(frame: pd.DataFrame, outcome: DayOutcome, mlflow: MLflowResource) -> dict:
-    """The day's metadata: the record plus the figures the UI plots and the alert sensor reads."""
+def day_figures(
+    frame: pd.DataFrame, outcome: DayOutcome, mlflow: MLflowResource, links: dict[str, Any] | None = None
+) -> dict:
+    """The day's metadata: the record plus the figures the UI plots and the alert sensor reads,
+    and the MLflow UI links of :func:`mlflow_links`."""
     row = frame.iloc[0]
     return day_metadata(
         frame,
@@ -237,12 +251,60 @@ def day_figures(frame: pd.DataFrame, outcome: DayOutcome, mlflow: MLflowResource
         registration=str(row["registration"]),
         decision=outcome.reason,
         version=int(row["version"]),
+        mlflow_run_id=str(row["run_id"]) or None,  # None: left out (a skipped day has no run)
         champion_version=int(row["champion_version"]),
         promoted=int(outcome.promoted),
         challenger_ndcg_at_20=float(row["challenger_ndcg"]),
         champion_ndcg_at_20=float(row["champion_ndcg"]),
         ndcg_at_20=float(row["ndcg_at_20"]),
         popularity_ndcg_at_20=float(row["popularity_ndcg_at_20"]),
+        **(links or {}),
+    )
+
+
+def mlflow_links(registry: Registry, outcome: DayOutcome, base: str) -> dict[str, Any]:
+    """URL metadata into the MLflow UI at ``base``: the day's model version and the run that logged
+    it, and the champion's version (none for what a skipped day lacks)."""
+    links: dict[str, Any] = {}
+    if outcome.version >= 1:
+        links["mlflow_model_version_url"] = dg.MetadataValue.url(
+            mlflow_model_version_url(base, registry.name, outcome.version)
+        )
+    if outcome.run_id:
+        experiment_id = _experiment_of(registry, outcome.run_id)
+        links["mlflow_run_url"] = dg.MetadataValue.url(mlflow_run_url(base, experiment_id, outcome.run_id))
+    if outcome.champion_version >= 1:
+        links["mlflow_champion_url"] = dg.MetadataValue.url(
+            mlflow_model_version_url(base, registry.name, outcome.champion_version)
+        )
+    return links
+
+
+def _experiment_of(registry: Registry, run_id: str) -> str:
+    """The experiment of a run (a reused version's run may predate a change of experiment)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(registry.client.get_run(run_id).info.experiment_id)
+    except MlflowException:
+        return str(registry.experiment_id)
+
+
+def model_observation(name: str, outcome: DayOutcome, links: dict[str, Any]) -> dg.AssetObservation:
+    """Where the day's ranker (``ranking_model[D]``) lives in MLflow, recorded on that partition:
+    ranking_model itself never talks to MLflow; its model is registered here."""
+    return dg.AssetObservation(
+        asset_key="ranking_model",
+        partition=outcome.day,
+        description=f"Registered in MLflow as {name} version {outcome.version} "
+        f"({outcome.registration.value if outcome.registration else 'registered'}) by registered_model.",
+        metadata={
+            "registered_model": name,
+            "version": int(outcome.version),
+            "mlflow_run_id": outcome.run_id,
+            "registration": outcome.registration.value if outcome.registration else "",
+            **{k: v for k, v in links.items() if k != "mlflow_champion_url"},
+        },
     )
 
 

@@ -113,6 +113,7 @@ def _play_events(raw_events: PartitionReader, day: str):
     outs={
         COPLAY_PAIRS: dg.AssetOut(
             kinds={"parquet"},
+            is_required=False,  # subsettable (can_subset): the step writes all three anyway
             code_version="1",
             automation_condition=EAGER_GATED,
             description="Per day and unordered item pair (item_lo < item_hi): d1..d5 = how often the two items "
@@ -120,12 +121,14 @@ def _play_events(raw_events: PartitionReader, day: str):
         ),
         COPLAY_HISTORY: dg.AssetOut(
             kinds={"parquet"},
+            is_required=False,  # subsettable (can_subset): the step writes all three anyway
             code_version="1",
             automation_condition=EAGER_GATED,
             description="Per day, user and item played: the latest play (last_played) and the number of plays.",
         ),
         COPLAY_EDGES: dg.AssetOut(
             kinds={"parquet"},
+            is_required=False,  # subsettable (can_subset): the step writes all three anyway
             code_version="1",
             automation_condition=EAGER_GATED,
             description="The first and last 5 plays of each user's day (pos from the first play, rpos from the "

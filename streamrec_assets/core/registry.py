@@ -12,7 +12,7 @@ tags are inserted in that same transaction. So:
 1. search the versions tagged with the fingerprint; if there are any, reuse the
    lowest (:attr:`Registration.REUSED`);
 2. otherwise log the MLflow run (parameters, metrics, the model in XGBoost's own
-   format, ``lineage.json``), then create the version *with* its fingerprint,
+   format with its signature, ``lineage.json``), then create the version *with* its fingerprint,
    lineage and owner tags and its description in one call: a version is never
    visible half-made;
 3. search again: the **lowest version number with the fingerprint wins**. A version
@@ -62,6 +62,10 @@ DECISION_TAG = "streamrec.promotion"
 DUPLICATE_OF_TAG = "streamrec.duplicate_of"
 #: How long a run that did not register a version waits for its registrant's decision.
 DECISION_WAIT_S = 120.0
+#: The MLflow UI when the tracking URI names no server: ``make mlflow-ui`` serves the local store there.
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+#: The output column of the ranker's MLflow signature (what ``Booster.predict`` returns per row).
+SCORE_OUTPUT = "score"
 
 
 class Registration(StrEnum):
@@ -197,6 +201,56 @@ def ndcg_on(evaluation_set: pd.DataFrame, scores) -> float:
 
     ranked = rank_by_score(evaluation_set[["user_id", "item_id"]].assign(score=scores), 100)
     return float(ndcg_at_k(ranked, evaluation_set[["user_id", "item_id", "relevance"]], NDCG_K).mean())
+
+
+def ranker_signature(feature_names: Iterable[str] | None):
+    """The MLflow signature of a ranker: its features (in the model's order) as double columns in,
+    one float ``score`` per row out; None when the model names no features."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    names = list(feature_names or [])
+    if not names:
+        return None
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.double, name) for name in names]),
+        outputs=Schema([ColSpec(DataType.float, SCORE_OUTPUT)]),
+    )
+
+
+# ------------------------------------------------------------------------------- MLflow UI links
+
+
+def mlflow_ui_base(tracking_uri: str) -> str:
+    """Base URL of the MLflow UI: the tracking server for an http(s) URI (credentials, query and
+    fragment dropped), else :data:`DEFAULT_MLFLOW_UI` (a SQLite or file store has no UI of its own)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking_uri or "")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # an unparsable port
+        return DEFAULT_MLFLOW_UI
+    if parts.scheme not in ("http", "https") or not host:
+        return DEFAULT_MLFLOW_UI
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def mlflow_run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run (MLflow 3 route ``#/experiments/<id>/runs/<run_id>``)."""
+    from urllib.parse import quote
+
+    return f"{base}/#/experiments/{quote(str(experiment_id), safe='')}/runs/{quote(str(run_id), safe='')}"
+
+
+def mlflow_model_version_url(base: str, name: str, version: int | str) -> str:
+    """The MLflow UI page of a model version (MLflow 3 route ``#/models/<name>/versions/<version>``)."""
+    from urllib.parse import quote
+
+    return f"{base}/#/models/{quote(name, safe='')}/versions/{quote(str(version), safe='')}"
 
 
 # ------------------------------------------------------------------------------- the candidate
@@ -390,8 +444,15 @@ class Registry:
             mlflow.log_params(candidate.params)
             mlflow.log_metrics(candidate.metrics)
             # Explicit requirements: inferring them imports the model in a subprocess (~10 s per version).
+            # An explicit signature from the model's own feature names (no input example: inferring or
+            # validating one loads the model again); the UI shows the features as the model's inputs.
+            # The version's identity is its input fingerprint tag, never the logged artifacts.
             info = mlflow_xgboost.log_model(
-                booster, name="model", model_format="ubj", pip_requirements=[f"xgboost=={xgboost.__version__}"]
+                booster,
+                name="model",
+                model_format="ubj",
+                pip_requirements=[f"xgboost=={xgboost.__version__}"],
+                signature=ranker_signature(booster.feature_names),
             )
             record["mlflow_run_id"] = run.info.run_id
             mlflow.log_dict(record, "lineage.json")
