@@ -50,12 +50,10 @@ test: setup redis chromium  ## the whole test suite
 test-fast: setup  ## unit and contract tests only (no servers, no end-to-end materialisation)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-dev: setup  ## the Dagster UI on http://127.0.0.1:3000 (state under $$STREAMREC_HOME)
-	@mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster instance concurrency set training 1 >/dev/null
-	$(BIN)/dagster instance concurrency set feature_store 2 >/dev/null
-	$(BIN)/dagster instance concurrency set registry 1 >/dev/null
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+dev: setup  ## the Dagster UI and daemon (`dg dev`) on http://127.0.0.1:3000 (state under $$STREAMREC_HOME)
+	@mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || cp deploy/local/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/streamrec pools
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev --target-path $(CURDIR) --host 127.0.0.1 --port 3000
 
 mlflow-ui: setup  ## the MLflow UI on the demo's store, http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(STREAMREC_HOME)/mlflow/mlflow.db} \

@@ -57,7 +57,7 @@ def main() -> int:
         for name in ("local", "s3"):
             home = Path(tmp) / name
             (home / "dagster_home").mkdir(parents=True)
-            (home / "dagster_home" / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+            (home / "dagster_home" / "dagster.yaml").write_text((REPO / "deploy" / "local" / "dagster.yaml").read_text())
             env = {**base, "STREAMREC_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
                    "PYTHONWARNINGS": "ignore"}
             if name == "s3":

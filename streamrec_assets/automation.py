@@ -67,9 +67,11 @@ STORAGE_RETRY = dg.RetryPolicy(max_retries=4, delay=2, backoff=dg.Backoff.EXPONE
 
 
 #: Pool limits kept in the instance (Dagster OSS stores a pool's own limit there, not in dagster.yaml):
-#: one XGBoost training at a time, two Feast materialisations, one registry writer (registered_model:
-#: its registration also converges without the pool, see streamrec_assets.core.registry).
-POOL_LIMITS = {"training": 1, "feature_store": 2, "registry": 1}
+#: one XGBoost training at a time; one Feast writer (apply + materialise rewrite the registry, so two
+#: writers could lose each other's update; readers never take the pool and never wait for it: the
+#: registry is replaced atomically and serves while materialising); one registry writer
+#: (registered_model: its registration also converges without the pool, see streamrec_assets.core.registry).
+POOL_LIMITS = {"training": 1, "feature_store": 1, "registry": 1}
 
 
 def pool_limit_commands() -> list[list[str]]:

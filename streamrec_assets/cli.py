@@ -3,7 +3,8 @@
 Subcommands are registered by small ``_add_<name>`` functions that attach a handler
 with ``set_defaults(func=...)``; a handler takes the parsed namespace and returns an
 exit code: ``generate`` (the synthetic landing zone), ``feast-config`` (a feature_store.yaml for
-the ``feast`` CLI) and ``backfill`` (sequential, parallel or prioritized partition backfills).
+the ``feast`` CLI), ``backfill`` (sequential, parallel or prioritized partition backfills) and
+``pools`` (the instance's pool limits).
 """
 
 from __future__ import annotations
@@ -157,6 +158,25 @@ def _add_backfill(sub) -> None:
     p.set_defaults(func=_cmd_backfill)
 
 
+def _cmd_pools(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from streamrec_assets.automation import POOL_LIMITS, pool_limit_commands
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print("streamrec: error: DAGSTER_HOME must point at the Dagster instance", file=sys.stderr)
+        return 2
+    for cmd in pool_limit_commands():
+        subprocess.run(cmd, check=True, capture_output=True)
+    print("pools: " + ", ".join(f"{pool}={limit}" for pool, limit in POOL_LIMITS.items()))
+    return 0
+
+
+def _add_pools(sub) -> None:
+    p = sub.add_parser("pools", help="set the instance's pool limits (training, feature_store, registry)")
+    p.set_defaults(func=_cmd_pools)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamrec", description="StreamRec pipeline tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -164,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_feast_config(sub)
     _add_backfill(sub)
+    _add_pools(sub)
     return parser
 
 

@@ -43,7 +43,7 @@ def dagster_home(home: str) -> str:
     """The demo's DAGSTER_HOME, seeded with the repository's dagster.yaml."""
     path = Path(os.environ.get("DAGSTER_HOME") or Path(home) / "dagster_home")
     path.mkdir(parents=True, exist_ok=True)
-    source = REPO_ROOT / "dagster.yaml"
+    source = REPO_ROOT / "deploy" / "local" / "dagster.yaml"
     if source.exists() and not (path / "dagster.yaml").exists():
         shutil.copyfile(source, path / "dagster.yaml")
     return str(path)

@@ -87,7 +87,7 @@ def test_instance_config_is_valid(tmp_path, pg_env):
     assert settings["concurrency"]["runs"]["tag_concurrency_limits"]
     # Pool limits are set with `dagster instance concurrency set`; the file says so.
     text = (DEPLOY / "dagster.yaml").read_text()
-    assert "concurrency set training 1" in text and "concurrency set feature_store 2" in text
+    assert "concurrency set training 1" in text and "concurrency set feature_store 1" in text
     assert "k8s_job_executor" in text
 
 

@@ -181,7 +181,7 @@ def world(tmp_path_factory):
     settings = _settings(root)
     home = root / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # pools NOT configured in the instance
+    shutil.copy(REPO / "deploy" / "local" / "dagster.yaml", home / "dagster.yaml")  # pools NOT configured in the instance
     _apply_feast(settings)
     _publish_inputs(settings, FIRST, seed=1)
     _publish_inputs(settings, RACED, seed=5)

@@ -71,7 +71,7 @@ def test_whole_graph_on_s3(s3, mlflow_server, tmp_path):
     home = tmp_path / "streamrec"
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (dagster_home / "dagster.yaml").write_text((REPO / "deploy" / "local" / "dagster.yaml").read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMREC_", "MLFLOW_", "AWS_"))}
     env.update(
         STREAMREC_HOME=str(home), DAGSTER_HOME=str(dagster_home), PYTHONWARNINGS="ignore",

@@ -253,57 +253,71 @@ def run_days(
     days already published in this step are recorded the same way before the step fails.
     """
     days = list(days if days is not None else context.partition_keys)
-    ranged = len(days) > 1
-    blocking = blocking_checks(context)
-    selected = {k.to_user_string() for k in context.selected_asset_keys}
-    selected_checks = {(k.asset_key.to_user_string(), k.name) for k in context.selected_asset_check_keys}
-    per_day: dict[str, dict[str, dict[str, Any]]] = {a: {} for a in assets}
-    checks_seen: dict[tuple[str, str], list[tuple[str, dg.AssetCheckResult]]] = {}
+    step = _StepDays(context, list(assets), ranged=len(days) > 1)
     for day in days:
         try:
             result = compute(day)
-            checks = publish_day(storage, day, result, blocking, label=f"{','.join(assets)}@{day}")
-        except AuditFailedError as err:
-            _record_published(context, per_day, set(assets))  # days before this one are in storage
-            for check in _failed_checks_of(err):
-                if ranged:
-                    _log_check(context, check, day, None)
-                else:
-                    yield check  # the UI shows which check failed, on which day
-            raise persistent_failure(err) from err
+            checks = publish_day(storage, day, result, step.blocking, label=f"{','.join(assets)}@{day}")
         except PersistentDataError as err:
-            _record_published(context, per_day, set(assets))
-            raise persistent_failure(err) from err
+            yield from step.fail(day, err)
+        step.record(day, result, checks)
+        context.log.info(f"{day}: published {', '.join(assets)}")
+    yield from step.results(days)
+
+
+class _StepDays:
+    """What one step has published so far, and how it reports it to Dagster."""
+
+    def __init__(self, context: dg.AssetExecutionContext, assets: list[str], ranged: bool) -> None:
+        self.context, self.assets, self.ranged = context, assets, ranged
+        self.blocking = blocking_checks(context)
+        self.selected = {k.to_user_string() for k in context.selected_asset_keys}
+        self.selected_checks = {(k.asset_key.to_user_string(), k.name) for k in context.selected_asset_check_keys}
+        self.per_day: dict[str, dict[str, dict[str, Any]]] = {a: {} for a in assets}
+        self.checks: dict[tuple[str, str], list[tuple[str, dg.AssetCheckResult]]] = {}
+
+    def record(self, day: str, result: DayResult, checks: list[dg.AssetCheckResult]) -> None:
         for check in checks:
-            if _check_key(check) in selected_checks:
-                checks_seen.setdefault(_check_key(check), []).append((day, check))
-        for asset in assets:
+            if _check_key(check) in self.selected_checks:
+                self.checks.setdefault(_check_key(check), []).append((day, check))
+        for asset in self.assets:
             figures = dict(result.metadata.get(asset, {}))
             if asset in result.tables:
                 figures.setdefault("rows", len(result.tables[asset]))
                 if "dagster/column_schema" in figures:  # with the contract's descriptions
                     figures["dagster/column_schema"] = column_schema(result.tables[asset], asset)
-            per_day[asset][day] = figures
-            if asset in selected:
-                context.add_asset_metadata(partition_metadata(figures), asset_key=asset, partition_key=day)
-        context.log.info(f"{day}: published {', '.join(assets)}")
-    _record_published(context, per_day, set(assets) - selected)
-    for asset in assets:
-        if asset not in selected:
-            continue
-        mine = {key: seen for key, seen in checks_seen.items() if key[0] == asset}
-        if not ranged:
-            results = [seen[-1][1] for seen in mine.values()]
-            yield dg.MaterializeResult(asset_key=asset, check_results=results)
-            continue
-        yield dg.MaterializeResult(asset_key=asset)
-        # now that each partition's materialisation exists, record each day's evaluation against it
-        targets = _materializations_of_run(context, asset, days)
-        for (_, _name), seen in mine.items():
-            for day, check in seen:
-                _log_check(context, check, day, targets.get(day))
-        for key, seen in mine.items():
-            yield _merge_checks(key, seen)  # the check's step output: the range as a whole
+            self.per_day[asset][day] = figures
+            if asset in self.selected:
+                self.context.add_asset_metadata(partition_metadata(figures), asset_key=asset, partition_key=day)
+
+    def fail(self, day: str, err: PersistentDataError) -> Iterator[dg.AssetCheckResult]:
+        """Record the days already published, show the failed checks, and fail without retry."""
+        _record_published(self.context, self.per_day, set(self.assets))
+        if isinstance(err, AuditFailedError):
+            for check in _failed_checks_of(err):
+                if self.ranged:
+                    _log_check(self.context, check, day, None)
+                else:
+                    yield check  # the UI shows which check failed, on which day
+        raise persistent_failure(err) from err
+
+    def results(self, days: list[str]) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        _record_published(self.context, self.per_day, set(self.assets) - self.selected)
+        for asset in self.assets:
+            if asset not in self.selected:
+                continue
+            mine = {key: seen for key, seen in self.checks.items() if key[0] == asset}
+            if not self.ranged:
+                yield dg.MaterializeResult(asset_key=asset, check_results=[seen[-1][1] for seen in mine.values()])
+                continue
+            yield dg.MaterializeResult(asset_key=asset)
+            # now that each partition's materialisation exists, record each day's evaluation against it
+            targets = _materializations_of_run(self.context, asset, days)
+            for seen in mine.values():
+                for day, check in seen:
+                    _log_check(self.context, check, day, targets.get(day))
+            for key, seen in mine.items():
+                yield _merge_checks(key, seen)  # the check's step output: the range as a whole
 
 
 def partition_metadata(figures: dict[str, Any]) -> dict[str, Any]:
