@@ -77,6 +77,24 @@ query Materializations($path: [String!]!, $partitions: [String!]) {
 }
 """
 
+PARTITION_METADATA_QUERY = """
+query PartitionMetadata($path: [String!]!, $partitions: [String!]) {
+  assetOrError(assetKey: {path: $path}) {
+    ... on Asset {
+      assetMaterializations(partitions: $partitions) {
+        partition
+        metadataEntries {
+          label
+          ... on IntMetadataEntry { intValue }
+          ... on FloatMetadataEntry { floatValue }
+          ... on TextMetadataEntry { text }
+        }
+      }
+    }
+  }
+}
+"""
+
 FAILURES_QUERY = """
 query Failures($runId: ID!) {
   logsForRun(runId: $runId, limit: 1000) {
@@ -165,9 +183,10 @@ def browser(chromium_executable, ui):
 
 
 class UI:
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path, days: list[str]):
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path, days: list[str], storage: Path):
         self.url, self.proc, self.log = url, proc, log
         self.materialised_days, self.launch_day = days[:-1], days[-1]
+        self.storage = storage
 
     def graphql(self, query: str, **variables) -> dict:
         response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=30)
@@ -242,11 +261,31 @@ def ui(chromium_executable, tmp_path_factory):
             result = run_range(tiny_settings(home), instance, days[0], days[1],
                                selection=["user_catalog", "item_catalog", "raw_events", "raw_events_dlq"])
             assert result.success
-            server = UI(f"http://127.0.0.1:{port}", proc, log, days)
+            server = UI(f"http://127.0.0.1:{port}", proc, log, days, Path(tiny_settings(home).storage_uri))
             _wait_until_loaded(server)
             yield server
         finally:
             stop_group(proc)
+
+
+def test_each_partition_of_a_range_carries_its_own_metadata(ui):
+    """Through the webserver's GraphQL API (what the UI's partition plots read): the two days were
+    materialised in ONE single-run range, yet each partition's figures are its own and equal what
+    storage holds for that day."""
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for day in ui.materialised_days:
+        found = ui.graphql(PARTITION_METADATA_QUERY, path=["raw_events"], partitions=[day])["assetOrError"]
+        entries = {e["label"]: e for e in found["assetMaterializations"][0]["metadataEntries"]}
+        stored = pq.read_metadata(ui.storage / "raw_events" / f"date={day}" / "data.parquet").num_rows
+        rejected = pq.read_metadata(ui.storage / "raw_events_dlq" / f"date={day}" / "data.parquet").num_rows
+        assert entries["dagster/row_count"]["intValue"] == stored, day
+        assert entries["valid"]["intValue"] == stored and entries["rejected"]["intValue"] == rejected, day
+        assert entries["landing_records"]["intValue"] == stored + rejected, day
+        assert "partitions_written" not in entries, "no range-level figure is copied onto each partition"
+        rows[day] = stored
+    assert len(rows) == 2 and all(rows.values()), rows
 
 
 class Page:
