@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -78,7 +79,7 @@ LOCATION = textwrap.dedent(
 
 
 def monitoring_settings() -> dict:
-    settings = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_monitoring"]
+    settings = yaml.safe_load((REPO / "deploy" / "local" / "dagster.yaml").read_text())["run_monitoring"]
     assert settings["enabled"] is True
     assert settings.get("max_resume_run_attempts", 0) == 0, "the default run launcher cannot resume runs"
     assert settings["free_slots_after_run_end_seconds"] > 0, "without it a dead run keeps its pool slots"
@@ -90,7 +91,7 @@ def world(tmp_path):
     home, out, code = tmp_path / "dagster_home", tmp_path / "out", tmp_path / "code"
     for folder in (home, out, code):
         folder.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / "deploy" / "local" / "dagster.yaml").read_text())
     (code / "crash_location.py").write_text(LOCATION)
     (code / "workspace.yaml").write_text(
         yaml.safe_dump({"load_from": [{"python_file": {"relative_path": "crash_location.py",
@@ -125,6 +126,129 @@ def slot_holders(instance: dg.DagsterInstance) -> set[str]:
     return {slot.run_id for slot in info.claimed_slots}
 
 
+VICTIM, FOLLOWER = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002"
+
+
+@dataclass
+class Daemon:
+    """A running `dagster-daemon`, its log, and the instance it serves."""
+
+    process: subprocess.Popen
+    log_path: Path
+    instance: dg.DagsterInstance
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+    def wait_for(self, what: str, condition, timeout: float, step: float = 0.25):
+        """The first truthy value of ``condition()`` within ``timeout`` seconds; fails the test with the
+        runs, the slots and the daemon's log otherwise, or as soon as the daemon exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"dagster-daemon exited ({self.process.returncode}):\n{self.log_tail()}")
+            value = condition()
+            if value:
+                return value
+            time.sleep(step)
+        states = [(r.run_id[:8], r.status.value, r.tags.get("dagster/parent_run_id", "")[:8])
+                  for r in self.instance.get_runs()]
+        pytest.fail(f"{what} not within {timeout}s; runs {states}; slots {slot_holders(self.instance)}\n"
+                    f"{self.log_tail()}")
+
+
+@dataclass
+class Recovery:
+    """What happened after the SIGKILL: seconds to the victim's FAILURE, to its slot being freed and
+    to the second run being done; wall time of the slot being freed; the victim's finished run retries."""
+
+    failed_s: float
+    freed_s: float
+    second_s: float
+    freed_wall: float
+    retries: list
+
+
+def hang_in_a_pooled_step(daemon: Daemon, env: dict, code: Path, out: Path) -> tuple[int, list[str]]:
+    """Launch the victim, whose pooled step hangs mid-write; (its worker's pid, the temporary file's name)."""
+    instance, model_dir = daemon.instance, out / "model"
+    launched(launch(env, code, VICTIM, hang=True))
+    pid = int(daemon.wait_for("the first run writing its model",
+                              lambda: read_bytes(storage_path(str(out / "writing.pid"))), timeout=90))
+    run = instance.get_run_by_id(VICTIM)
+    assert run.status == dg.DagsterRunStatus.STARTED
+    assert slot_holders(instance) == {VICTIM}, "the step holds the pool's only slot"
+    temps = [p.name for p in model_dir.iterdir() if p.name.endswith(".tmp")]
+    assert len(temps) == 1 and temps[0].startswith(".model.bin.") and f"-{pid}-" in temps[0], temps
+    assert read_bytes(storage_path(str(model_dir / "model.bin"))) is None
+    return pid, temps
+
+
+def kill_and_recover(daemon: Daemon, env: dict, code: Path, out: Path, pid: int, temps: list[str],
+                     slot_bound: float) -> Recovery:
+    """SIGKILL the victim's run worker, launch a second run whose pooled step needs the slot, and wait
+    for the victim's FAILURE, its slot being freed, the second run and the victim's run retry."""
+    instance, model_dir = daemon.instance, out / "model"
+    os.kill(pid, signal.SIGKILL)  # the run worker (in-process executor: the step runs in it)
+    killed_at = time.monotonic()
+    second_cli = launch(env, code, FOLLOWER, hang=False)  # a second run whose pooled step must get the slot
+    try:
+        daemon.wait_for("FAILURE of the killed run",
+                        lambda: instance.get_run_by_id(VICTIM).status == dg.DagsterRunStatus.FAILURE,
+                        timeout=FAILURE_BOUND_S + 30)
+        failed_s = time.monotonic() - killed_at
+        # Until the next write, the half-written file lies there, hidden; readers see no model at all.
+        assert [p.name for p in model_dir.iterdir()] == temps
+        assert read_bytes(storage_path(str(model_dir / "model.bin"))) is None, (
+            "a half-written temporary file is never read as the model"
+        )
+
+        launched(second_cli)
+        daemon.wait_for("the dead run's slot being freed", lambda: VICTIM not in slot_holders(instance),
+                        timeout=slot_bound + 30)
+        freed_s, freed_wall = time.monotonic() - killed_at, time.time()
+
+        def done(run_id):
+            run = instance.get_run_by_id(run_id)
+            return run is not None and run.is_finished
+
+        daemon.wait_for("the second run", lambda: done(FOLLOWER), timeout=CLAIM_BACKOFF_S + 60)
+        second_s = time.monotonic() - killed_at
+        retries = daemon.wait_for(
+            "the run retry of the killed run",
+            lambda: [r for r in instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": VICTIM}))
+                     if r.is_finished],
+            timeout=CLAIM_BACKOFF_S + 60,
+        )
+    finally:
+        if second_cli.poll() is None:
+            second_cli.kill()
+    return Recovery(failed_s, freed_s, second_s, freed_wall, retries)
+
+
+def assert_recovered(instance: dg.DagsterInstance, recovery: Recovery, out: Path) -> None:
+    """The victim failed by SIGKILL; the second run and the run retry succeeded, both after the dead
+    run's slot was freed; every slot is free; the next write swept the dead writer's temporary file."""
+    failure = instance.get_run_by_id(VICTIM)
+    messages = [e.message for e in instance.all_logs(VICTIM) if e.message]
+    assert any("terminated by signal 9 (SIGKILL)" in m for m in messages), messages[-5:]
+    assert failure.status == dg.DagsterRunStatus.FAILURE
+
+    second = instance.get_run_by_id(FOLLOWER)
+    assert second.status == dg.DagsterRunStatus.SUCCESS, [e.message for e in instance.all_logs(FOLLOWER)][-10:]
+    assert recovery.retries[0].status == dg.DagsterRunStatus.SUCCESS
+    # Both waited for the dead run's slot: nothing was materialised before it was freed.
+    for run_id in (FOLLOWER, recovery.retries[0].run_id):
+        [materialization] = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        assert materialization.timestamp >= recovery.freed_wall - 1, (run_id, materialization.timestamp,
+                                                                       recovery.freed_wall)
+    assert slot_holders(instance) == set(), "every slot is free at the end"
+    # The next write to the model's directory swept the dead writer's temporary file.
+    model_dir = out / "model"
+    assert [p.name for p in model_dir.iterdir()] == ["model.bin"]
+    assert read_bytes(storage_path(str(model_dir / "model.bin"))) == b"complete model"
+
+
 def test_killed_run_is_failed_and_frees_its_pool_slot(world, tmp_path):
     env, home, out, code = world
     settings = monitoring_settings()
@@ -133,91 +257,19 @@ def test_killed_run_is_failed_and_frees_its_pool_slot(world, tmp_path):
     slot_bound = settings["free_slots_after_run_end_seconds"] + settings["poll_interval_seconds"] + 15
     log_path = tmp_path / "daemon.log"
     log = open(log_path, "w")
-    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(code / "workspace.yaml")],
-                              env=env, cwd=code, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    instance = dg.DagsterInstance.from_config(str(home))
-
-    def daemon_log() -> str:
-        return log_path.read_text()[-4000:]
-
-    def wait_for(what: str, condition, timeout: float, step: float = 0.25):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if daemon.poll() is not None:
-                pytest.fail(f"dagster-daemon exited ({daemon.returncode}):\n{daemon_log()}")
-            value = condition()
-            if value:
-                return value
-            time.sleep(step)
-        states = [(r.run_id[:8], r.status.value, r.tags.get("dagster/parent_run_id", "")[:8])
-                  for r in instance.get_runs()]
-        pytest.fail(f"{what} not within {timeout}s; runs {states}; slots {slot_holders(instance)}\n{daemon_log()}")
-
-    victim, follower = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002"
-    model_dir = out / "model"
-    target = storage_path(str(model_dir / "model.bin"))
-    second_cli = None
+    process = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(code / "workspace.yaml")],
+                               env=env, cwd=code, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    daemon = Daemon(process, log_path, dg.DagsterInstance.from_config(str(home)))
     try:
-        launched(launch(env, code, victim, hang=True))
-        pid = int(wait_for("the first run writing its model", lambda: read_bytes(storage_path(str(out / "writing.pid"))),
-                           timeout=90))
-        run = instance.get_run_by_id(victim)
-        assert run.status == dg.DagsterRunStatus.STARTED
-        assert slot_holders(instance) == {victim}, "the step holds the pool's only slot"
-        temps = [p.name for p in model_dir.iterdir() if p.name.endswith(".tmp")]
-        assert len(temps) == 1 and temps[0].startswith(".model.bin.") and f"-{pid}-" in temps[0], temps
-        assert read_bytes(target) is None
-
-        os.kill(pid, signal.SIGKILL)  # the run worker (in-process executor: the step runs in it)
-        killed_at = time.monotonic()
-        second_cli = launch(env, code, follower, hang=False)  # a second run whose pooled step must get the slot
-
-        wait_for("FAILURE of the killed run",
-                 lambda: instance.get_run_by_id(victim).status == dg.DagsterRunStatus.FAILURE, timeout=FAILURE_BOUND_S + 30)
-        failed_s = time.monotonic() - killed_at
-        # Until the next write, the half-written file lies there, hidden; readers see no model at all.
-        assert [p.name for p in model_dir.iterdir()] == temps
-        assert read_bytes(target) is None, "a half-written temporary file is never read as the model"
-
-        launched(second_cli)
-        wait_for("the dead run's slot being freed", lambda: victim not in slot_holders(instance), timeout=slot_bound + 30)
-        freed_s, freed_wall = time.monotonic() - killed_at, time.time()
-
-        def done(run_id):
-            run = instance.get_run_by_id(run_id)
-            return run is not None and run.is_finished
-
-        wait_for("the second run", lambda: done(follower), timeout=CLAIM_BACKOFF_S + 60)
-        second_s = time.monotonic() - killed_at
-        retries = wait_for(
-            "the run retry of the killed run",
-            lambda: [r for r in instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": victim}))
-                     if r.is_finished],
-            timeout=CLAIM_BACKOFF_S + 60,
-        )
+        pid, temps = hang_in_a_pooled_step(daemon, env, code, out)
+        recovery = kill_and_recover(daemon, env, code, out, pid, temps, slot_bound)
     finally:
-        if second_cli is not None and second_cli.poll() is None:
-            second_cli.kill()
-        stop_group(daemon)
+        stop_group(process)
         log.close()
 
-    print(f"\nSIGKILL -> FAILURE {failed_s:.1f}s, -> slot free {freed_s:.1f}s, -> second run done {second_s:.1f}s")
-    assert failed_s <= FAILURE_BOUND_S, failed_s
-    assert freed_s <= slot_bound, (freed_s, slot_bound)
-    failure = instance.get_run_by_id(victim)
-    messages = [e.message for e in instance.all_logs(victim) if e.message]
-    assert any("terminated by signal 9 (SIGKILL)" in m for m in messages), messages[-5:]
-    assert failure.status == dg.DagsterRunStatus.FAILURE
-
-    second = instance.get_run_by_id(follower)
-    assert second.status == dg.DagsterRunStatus.SUCCESS, [e.message for e in instance.all_logs(follower)][-10:]
-    assert retries[0].status == dg.DagsterRunStatus.SUCCESS
-    # Both waited for the dead run's slot: nothing was materialised before it was freed.
-    for run_id in (follower, retries[0].run_id):
-        [materialization] = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-        assert materialization.timestamp >= freed_wall - 1, (run_id, materialization.timestamp, freed_wall)
-    assert slot_holders(instance) == set(), "every slot is free at the end"
-    # The next write to the model's directory swept the dead writer's temporary file.
-    assert [p.name for p in model_dir.iterdir()] == ["model.bin"]
-    assert read_bytes(target) == b"complete model"
-    instance.dispose()
+    print(f"\nSIGKILL -> FAILURE {recovery.failed_s:.1f}s, -> slot free {recovery.freed_s:.1f}s, "
+          f"-> second run done {recovery.second_s:.1f}s")
+    assert recovery.failed_s <= FAILURE_BOUND_S, recovery.failed_s
+    assert recovery.freed_s <= slot_bound, (recovery.freed_s, slot_bound)
+    assert_recovered(daemon.instance, recovery, out)
+    daemon.instance.dispose()

@@ -50,42 +50,52 @@ def _parse_stamps(values: set[str]) -> dict[str, pd.Timestamp]:
     return dict(zip(texts, parsed.astype("datetime64[us, UTC]"), strict=True))
 
 
-def _reason_of(line: bytes, day: str, users: set, items: set, max_line_bytes: int, stamps: dict):
+def _decoded(line: bytes, max_line_bytes: int) -> tuple[str | None, dict | None]:
+    """(None, the line's JSON object), or (the reason it has none, None)."""
     if len(line) > max_line_bytes:
-        return "line_too_long", {}
+        return "line_too_long", None
     try:
         line.decode("utf-8")
     except UnicodeDecodeError:
-        return "invalid_utf8", {}
+        return "invalid_utf8", None
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return "malformed_json", {}
+        return "malformed_json", None
     if not isinstance(obj, dict):
-        return "malformed_json", {}
-    rec = {f: obj.get(f) for f in EVENT_FIELDS}
-    event_id = rec["event_id"] if isinstance(rec["event_id"], str) and rec["event_id"] else None
+        return "malformed_json", None
+    return None, obj
+
+
+def _is_number(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float)
+
+
+def _wrong_type(rec: dict) -> str | None:
+    """The first field (in REASON_ORDER) of ``rec`` present with a value of the wrong JSON type, but
+    the timestamp (told by pandas)."""
     for f in STRINGS:
         if rec[f] is not None and not (isinstance(rec[f], str) and rec[f]):
-            return f"invalid_type:{f}", {"event_id": event_id}
+            return f
     for f in ("user_id", "item_id"):
         v = rec[f]
-        if v is not None and (
-            isinstance(v, bool) or not isinstance(v, int | float) or not float(v).is_integer() or abs(v) >= 2**53
-        ):
-            return f"invalid_type:{f}", {"event_id": event_id}
+        if v is not None and (not _is_number(v) or not float(v).is_integer() or abs(v) >= 2**53):
+            return f
     v = rec["watch_seconds"]
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
-        return "invalid_type:watch_seconds", {"event_id": event_id}
-    stamp = None
-    if rec["event_timestamp"] is not None:
-        if isinstance(rec["event_timestamp"], str):
-            value = rec["event_timestamp"]
-            stamp = stamps[value] if value in stamps else _parse_stamps({value})[value]
-        if stamp is None or pd.isna(stamp):
-            return "invalid_type:event_timestamp", {"event_id": event_id}
-    if rec["event_type"] == "impression" and (rec["watch_seconds"] or 0) != 0:
-        return "impression_with_watch_time", {"event_id": event_id}
+    if v is not None and (not _is_number(v) or not math.isfinite(v)):
+        return "watch_seconds"
+    return None
+
+
+def _stamp_of(value, stamps: dict):
+    """pandas' reading of an event_timestamp value (NaT when it cannot, None when no string)."""
+    if not isinstance(value, str):
+        return None
+    return stamps[value] if value in stamps else _parse_stamps({value})[value]
+
+
+def _schema_reason(rec: dict, stamp, day: str, users: set, items: set) -> str | None:
+    """The first schema check ``rec`` fails, in the order of the record schema's columns."""
     start = pd.Timestamp(day, tz="UTC")
     checks = {
         "event_id": None,
@@ -99,9 +109,34 @@ def _reason_of(line: bytes, day: str, users: set, items: set, max_line_bytes: in
     }
     for f, check in checks.items():
         if rec[f] is None:
-            return f"missing_field:{f}", {"event_id": event_id}
+            return f"missing_field:{f}"
         if check is not None and not check[1](rec[f]):
-            return check[0], {"event_id": event_id}
+            return check[0]
+    return None
+
+
+def _record_reason(rec: dict, day: str, users: set, items: set, stamps: dict):
+    """(the first reason the record ``rec`` is rejected for or None, its timestamp as pandas reads it)."""
+    wrong = _wrong_type(rec)
+    if wrong is not None:
+        return f"invalid_type:{wrong}", None
+    stamp = _stamp_of(rec["event_timestamp"], stamps)
+    if rec["event_timestamp"] is not None and (stamp is None or pd.isna(stamp)):
+        return "invalid_type:event_timestamp", None
+    if rec["event_type"] == "impression" and (rec["watch_seconds"] or 0) != 0:
+        return "impression_with_watch_time", stamp
+    return _schema_reason(rec, stamp, day, users, items), stamp
+
+
+def _reason_of(line: bytes, day: str, users: set, items: set, max_line_bytes: int, stamps: dict):
+    reason, obj = _decoded(line, max_line_bytes)
+    if reason is not None:
+        return reason, {}
+    rec = {f: obj.get(f) for f in EVENT_FIELDS}
+    event_id = rec["event_id"] if isinstance(rec["event_id"], str) and rec["event_id"] else None
+    reason, stamp = _record_reason(rec, day, users, items, stamps)
+    if reason is not None:
+        return reason, {"event_id": event_id}
     typed = dict(rec, user_id=int(rec["user_id"]), item_id=int(rec["item_id"]), event_timestamp=stamp,
                  watch_seconds=float(rec["watch_seconds"]))
     return None, typed

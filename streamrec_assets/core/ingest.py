@@ -393,50 +393,68 @@ class _Batch:
                 array[where] = getattr(other, group)[key]
 
 
-def _read(lines: pa.Array, first_byte) -> _Batch:
-    """Parse ``lines`` (null: skip) with DuckDB and type every field of every line with numpy.
-
-    ``first_byte(i)``: the first non-whitespace byte of line ``i``, asked only for the lines
-    DuckDB read as JSON without any of the eight fields (``{}``, or not an object)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = len(lines)
-    table = _query(_parse_sql(), lines, np.arange(n))
-    ok = table["ok"].combine_chunks()
-    state = np.full(n, _OBJECT, np.int8)
+def _line_states(ok: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per line, from DuckDB's ``json_valid`` (null for the skipped lines): the state
+    (_OBJECT, _UNPARSED or _SKIPPED; _NOT_OBJECT is told later) and ``lax`` (the lines DuckDB
+    could not parse: orjson decides)."""
+    state = np.full(len(ok), _OBJECT, np.int8)
     state[~ok.fill_null(True).to_numpy(zero_copy_only=False)] = _UNPARSED
     state[~ok.is_valid().to_numpy(zero_copy_only=False)] = _SKIPPED
-    lax = state == _UNPARSED
-    k: dict[str, np.ndarray] = {}
-    values: dict[str, np.ndarray] = {}
-    present = np.zeros(n, np.int64)
-    e_colon = np.zeros(n, np.int64)
-    e_comma = np.zeros(n, np.int64)
+    return state, state == _UNPARSED
 
-    # Text fields. A value that may be the rendering of a non-string gets its JSON type from DuckDB
-    # (rare: only values starting like a number, true, false or a container).
-    texts = {f: _Strings.of(table[f]) for f in STRING_FIELDS}
-    texts["event_timestamp"] = _Strings.of(table["ts_text"])
+
+def _ambiguous_types(lines: pa.Array, texts: dict[str, _Strings]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per text field: the rows whose value may be the rendering of a non-string (see
+    :meth:`_Strings.ambiguous`) and their JSON type as DuckDB's ``json_type`` reads it (rare:
+    one parse per such line for all the paths)."""
+    import pyarrow as pa
+
     ambiguous = {f: col.ambiguous() for f, col in texts.items()}
     asked = np.flatnonzero(np.logical_or.reduce(list(ambiguous.values())))
-    if asked.size:  # one parse per line for all the paths
-        paths = ", ".join(f"'$.{f}'" for f in texts)
-        columns = ", ".join(f"t[{j + 1}] AS {f}" for j, f in enumerate(texts))
-        sql = f"SELECT i, {columns} FROM (SELECT i, json_type(l, [{paths}]) AS t FROM lines)"
-        types = _query(sql, lines.take(pa.array(asked)), asked)
+    if not asked.size:
+        return {f: (np.zeros(0, np.int64), np.zeros(0, object)) for f in texts}
+    paths = ", ".join(f"'$.{f}'" for f in texts)
+    columns = ", ".join(f"t[{j + 1}] AS {f}" for j, f in enumerate(texts))
+    sql = f"SELECT i, {columns} FROM (SELECT i, json_type(l, [{paths}]) AS t FROM lines)"
+    types = _query(sql, lines.take(pa.array(asked)), asked)
+    out = {}
+    for f in texts:
+        rows = np.flatnonzero(ambiguous[f])
+        kinds = np.zeros(0, object)
+        if rows.size:
+            kinds = types[f].to_numpy(zero_copy_only=False)[np.searchsorted(asked, rows)]
+        out[f] = (rows, kinds)
+    return out
+
+
+def _string_values(
+    col: _Strings, strings: np.ndarray, rows: np.ndarray, kinds: np.ndarray, lax: np.ndarray
+) -> np.ndarray:
+    """Which values of the text column ``col`` are JSON strings, given the JSON types ``kinds`` of
+    its ambiguous ``rows``. Marks ``lax`` the lines orjson must decide: a container, NaN/Infinity
+    or an overflowing number."""
+    is_string = col.valid.copy()
+    if rows.size:
+        is_string[rows] = kinds == "VARCHAR"
+        for row, kind in zip(rows.tolist(), kinds.tolist(), strict=True):
+            if kind in ("ARRAY", "OBJECT") or (kind == "DOUBLE" and not np.isfinite(float(strings[row]))):
+                lax[row] = True
+    return is_string
+
+
+def _read_texts(table: pa.Table, lines: pa.Array, lax: np.ndarray, k: dict, values: dict):
+    """Type the text fields of :func:`_parse_sql`'s ``table`` into ``k`` and ``values`` (marking
+    ``lax`` the lines orjson must decide); returns the ``event_type`` column and, per line, how
+    many of these fields are present and the ``:`` and ``,`` they account for."""
+    n = len(lax)
+    present, e_colon, e_comma = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    texts = {f: _Strings.of(table[f]) for f in STRING_FIELDS}
+    texts["event_timestamp"] = _Strings.of(table["ts_text"])
+    settled = _ambiguous_types(lines, texts)
     for f, col in texts.items():
         # low-cardinality columns: one Python string per distinct value
         strings = col.arr.to_pandas(deduplicate_objects=f in ("event_type", "device")).to_numpy()
-        is_string = col.valid.copy()
-        rows = np.flatnonzero(ambiguous[f])
-        if rows.size:
-            jt = types[f].to_numpy(zero_copy_only=False)[np.searchsorted(asked, rows)]
-            is_string[rows] = jt == "VARCHAR"
-            for row, kind in zip(rows.tolist(), jt.tolist(), strict=True):
-                # containers, NaN/Infinity, overflowing numbers: orjson decides
-                if kind in ("ARRAY", "OBJECT") or (kind == "DOUBLE" and not np.isfinite(float(strings[row]))):
-                    lax[row] = True
+        is_string = _string_values(col, strings, *settled[f], lax)
         if f == "event_timestamp":
             ts = table["ts_us"].combine_chunks()
             fast = ts.is_valid().to_numpy(zero_copy_only=False)
@@ -451,8 +469,14 @@ def _read(lines: pa.Array, first_byte) -> _Batch:
             present += col.valid
         e_colon += np.where(is_string, col.count(ord(":")), 0)
         e_comma += np.where(is_string, col.count(ord(",")), 0)
+    return texts["event_type"].arr, present, e_colon, e_comma
 
-    # Number fields: DOUBLE when DuckDB could cast the raw JSON, else the raw JSON.
+
+def _read_numbers(table: pa.Table, lax: np.ndarray, k: dict, values: dict) -> np.ndarray:
+    """Type the number fields of :func:`_parse_sql`'s ``table`` into ``k`` and ``values``: DOUBLE
+    when DuckDB could cast the raw JSON, else the raw JSON (marking ``lax`` the lines orjson must
+    decide); returns, per line, how many of these fields are present."""
+    present = np.zeros(len(lax), np.int64)
     with np.errstate(invalid="ignore"):
         for f in _NUMBER_FIELDS:
             column = table[f].combine_chunks()
@@ -469,18 +493,38 @@ def _read(lines: pa.Array, first_byte) -> _Batch:
                 values[f] = np.where(good, x, 0.0)
             k[f] = np.select([good, number | raw.valid], [_OK, _BAD], _NA).astype(np.int8)
             present += number | raw.valid
+    return present
 
+
+def _event_type_codes(event_type: pa.Array, kind: np.ndarray) -> np.ndarray:
+    """1 for an impression, 2 for a play, 0 for anything else (or no string at all)."""
+    import pyarrow.compute as pc
+
+    etype = np.where(pc.equal(event_type, "impression").fill_null(False).to_numpy(zero_copy_only=False), 1, 0)
+    etype = np.where(pc.equal(event_type, "play").fill_null(False).to_numpy(zero_copy_only=False), 2, etype)
+    return np.where(kind == _OK, etype, 0).astype(np.int8)
+
+
+def _read(lines: pa.Array, first_byte) -> _Batch:
+    """Parse ``lines`` (null: skip) with DuckDB and type every field of every line with numpy.
+
+    ``first_byte(i)``: the first non-whitespace byte of line ``i``, asked only for the lines
+    DuckDB read as JSON without any of the eight fields (``{}``, or not an object)."""
+    table = _query(_parse_sql(), lines, np.arange(len(lines)))
+    state, lax = _line_states(table["ok"].combine_chunks())
+    k: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray] = {}
+    # Text fields. A value that may be the rendering of a non-string gets its JSON type from DuckDB
+    # (rare: only values starting like a number, true, false or a container).
+    event_type, present, e_colon, e_comma = _read_texts(table, lines, lax, k, values)
+    present += _read_numbers(table, lax, k, values)
     values["event_id_hash"] = np.array(table["event_id_hash"].fill_null(0).to_numpy())  # DuckDB's: deterministic
     for line in np.flatnonzero((state == _OBJECT) & (present == 0)):
         if first_byte(int(line)) != ord("{"):  # JSON, but not an object
             state[line] = _NOT_OBJECT
     e_colon += present
     e_comma += np.maximum(present - 1, 0)
-    event_type = texts["event_type"].arr
-    etype = np.where(pc.equal(event_type, "impression").fill_null(False).to_numpy(zero_copy_only=False), 1, 0)
-    etype = np.where(pc.equal(event_type, "play").fill_null(False).to_numpy(zero_copy_only=False), 2, etype)
-    etype = np.where(k["event_type"] == _OK, etype, 0).astype(np.int8)
-    return _Batch(state, lax, etype, k, values, e_colon, e_comma)
+    return _Batch(state, lax, _event_type_codes(event_type, k["event_type"]), k, values, e_colon, e_comma)
 
 
 def _separator_counts(text: bytes, lines: _Lines, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -609,104 +653,141 @@ def _empty_result(day: str) -> IngestResult:
     return IngestResult(day=day, valid=_valid_frame(day, columns), rejected=_dlq(day, [], [], [], []), total_records=0)
 
 
-def ingest_day(
-    text: bytes,
-    day: str,
-    user_ids: Iterable[int] | np.ndarray | pd.Series,
-    item_ids: Iterable[int] | np.ndarray | pd.Series,
-    max_line_bytes: int = 1 << 20,
-) -> IngestResult:
-    """Parse and validate the decompressed JSON Lines payload ``text`` of partition ``day``.
+def _unreadable(text: bytes, buf: np.ndarray, lines: _Lines, max_line_bytes: int) -> np.ndarray:
+    """The first reason codes, per line: ``line_too_long``, then ``invalid_utf8``; 0 elsewhere
+    (valid so far; a code is 1 + the reason's index in REASON_ORDER)."""
+    reason = np.zeros(lines.starts.size, np.int8)
+    reason[(lines.ends - lines.starts) > max_line_bytes] = _CODE[LINE_TOO_LONG]
+    bad_utf8 = _invalid_utf8_lines(text, buf, lines.starts)
+    reason[bad_utf8[reason[bad_utf8] == 0]] = _CODE[INVALID_UTF8]
+    return reason
 
-    ``user_ids`` / ``item_ids`` are the catalogue ids; lines longer than ``max_line_bytes``
-    bytes are rejected as ``line_too_long`` without being parsed.
-    """
+
+def _payload_view(text: bytes, lines: _Lines, readable: np.ndarray) -> pa.Array:
+    """An Arrow view of the payload (no copy), one element per line, newline included (JSON
+    whitespace); the lines not ``readable`` are null, so DuckDB never reads them."""
     import pyarrow as pa
 
-    text = bytes(text)
-    buf = np.frombuffer(text, dtype=np.uint8)
-    lines = _scan(buf)
-    starts, ends, offsets = lines.starts, lines.ends, lines.offsets
-    n = starts.size
-    if n == 0:
-        return _empty_result(day)
+    validity = pa.py_buffer(np.packbits(readable, bitorder="little"))
+    return pa.Array.from_buffers(
+        pa.large_string(), lines.starts.size, [validity, pa.py_buffer(lines.offsets), pa.py_buffer(text)]
+    )
 
-    reason = np.zeros(n, np.int8)  # 0: valid so far, else 1 + index in REASON_ORDER
-    reason[(ends - starts) > max_line_bytes] = _CODE[LINE_TOO_LONG]
-    bad_utf8 = _invalid_utf8_lines(text, buf, starts)
-    reason[bad_utf8[reason[bad_utf8] == 0]] = _CODE[INVALID_UTF8]
 
-    # An Arrow view of the payload, one element per line (newline included: JSON whitespace);
-    # lines already rejected are null, so DuckDB never reads them.
-    validity = pa.py_buffer(np.packbits(reason == 0, bitorder="little"))
-    view = pa.Array.from_buffers(pa.large_string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(text)])
+def _first_byte_reader(text: bytes, lines: _Lines):
+    """``first_byte(i)`` for :func:`_read`: the first non-whitespace byte of line ``i`` (-1 if none)."""
+    starts, ends = lines.starts, lines.ends
 
     def first_byte(i: int) -> int:
         head = text[starts[i] : ends[i]].lstrip(b" \t\r\n")
         return head[0] if head else -1
 
-    batch = _read(view, first_byte)
-    lax = batch.lax & (reason == 0)
+    return first_byte
 
-    # A line DuckDB read as an object holding nothing but the eight fields, each once and not
-    # null, without trailing comma, has exactly e_colon colons and e_comma commas (unless it
-    # escapes one as \u003a or \u002c); any other object has more. Compare the totals, and count
-    # line by line only when they differ. The lines that differ (extra members, null members,
-    # repeated keys, trailing commas, NaN in an extra member...) are checked by _strict.
-    plain = (batch.state == _OBJECT) & ~lax
-    escaped = np.zeros(n, bool)
-    escaped[_escaped_separators(text, buf, starts)] = True
-    counted = plain & ~escaped
+
+def _totals_match(text: bytes, lines: _Lines, batch: _Batch, counted: np.ndarray) -> bool:
+    """True when the payload's totals of ``:`` and ``,``, less those of the lines not ``counted``
+    (counted one by one, and only when they are few), equal what the ``counted`` lines have if
+    each holds its fields and nothing else."""
     others = np.flatnonzero(~counted)
-    exact = False
-    if others.size <= max(1000, n // 20):
-        other_colons, other_commas = _separator_counts(text, lines, others)
-        exact = (
-            lines.colons - int(other_colons.sum()) == int(batch.e_colon[counted].sum())
-            and lines.commas - int(other_commas.sum()) == int(batch.e_comma[counted].sum())
-        )
+    if others.size > max(1000, lines.starts.size // 20):
+        return False
+    other_colons, other_commas = _separator_counts(text, lines, others)
+    return (
+        lines.colons - int(other_colons.sum()) == int(batch.e_colon[counted].sum())
+        and lines.commas - int(other_commas.sum()) == int(batch.e_comma[counted].sum())
+    )
+
+
+def _separator_suspects(
+    text: bytes, buf: np.ndarray, lines: _Lines, batch: _Batch, plain: np.ndarray
+) -> np.ndarray:
+    """The ``plain`` lines (objects DuckDB read, not yet left to orjson) that may hold more than
+    the eight fields, each once and not null, without trailing comma.
+
+    Such a line has exactly ``e_colon`` colons and ``e_comma`` commas (unless it escapes one as
+    ``\\u003a`` or ``\\u002c``: a suspect); any other object has more. The totals are compared
+    first, and the lines counted one by one only when they differ."""
+    escaped = np.zeros(lines.starts.size, bool)
+    escaped[_escaped_separators(text, buf, lines.starts)] = True
+    counted = plain & ~escaped
     suspect = plain & escaped
-    if not exact:
+    if not _totals_match(text, lines, batch, counted):
         which = np.flatnonzero(counted)
         colons, commas = _separator_counts(text, lines, which)
         suspect[which[(colons != batch.e_colon[which]) | (commas != batch.e_comma[which])]] = True
+    return suspect
+
+
+def _reparse_with_orjson(
+    text: bytes, lines: _Lines, lax_lines: np.ndarray, batch: _Batch, reason: np.ndarray
+) -> None:
+    """orjson decides the lines ``lax_lines``: ``malformed_json`` in ``reason`` when it cannot
+    read one, else its canonical re-serialisation goes through the same columnar typing and
+    replaces the line's entries in ``batch``."""
+    import pyarrow as pa
+
+    if not lax_lines.size:
+        return
+    bounds = zip(lines.starts[lax_lines].tolist(), lines.ends[lax_lines].tolist(), strict=True)
+    canonical = [_canonical(text[a:b]) for a, b in bounds]
+    malformed = np.fromiter((c is None for c in canonical), bool, lax_lines.size)
+    reason[lax_lines[malformed]] = _CODE[MALFORMED_JSON]
+    redo = lax_lines[~malformed]
+    if redo.size:
+        again = pa.array([c.decode() for c in canonical if c is not None], pa.large_string())
+        batch.assign(redo, _read(again, lambda i: ord("{")))
+
+
+def _parse_other_timestamps(batch: _Batch, reason: np.ndarray) -> None:
+    """Timestamps of the lines still valid that are not in the canonical form: pandas decides,
+    as it always did (``ts_us`` and the timestamp's kind in ``batch`` updated in place)."""
+    k, values = batch.k, batch.values
+    pending = np.flatnonzero((k["event_timestamp"] == _PANDAS) & (reason == 0))
+    if not pending.size:
+        return
+    stamps = pd.to_datetime(
+        pd.Series(values["ts_text"][pending], dtype=object), format="ISO8601", utc=True, errors="coerce"
+    )
+    good = stamps.notna().to_numpy()
+    micros = np.asarray(stamps.dt.tz_localize(None), dtype="datetime64[us]").view(np.int64)
+    values["ts_us"][pending[good]] = micros[good]
+    k["event_timestamp"][pending] = np.where(good, _OK, _BAD)
+
+
+def _parse(text: bytes, buf: np.ndarray, lines: _Lines, reason: np.ndarray) -> _Batch:
+    """Parse stage: every line still valid in ``reason`` typed, field by field, as orjson reads
+    it. DuckDB reads the payload; the lines it might read differently go through orjson. Lines
+    that are not one JSON object get ``malformed_json`` in ``reason``."""
+    view = _payload_view(text, lines, reason == 0)
+    batch = _read(view, _first_byte_reader(text, lines))
+    lax = batch.lax & (reason == 0)
+    # The lines that differ (extra members, null members, repeated keys, trailing commas, NaN in an
+    # extra member...) are checked by _strict.
+    suspect = _separator_suspects(text, buf, lines, batch, (batch.state == _OBJECT) & ~lax)
     if suspect.any():
         rows = np.flatnonzero(suspect)
         lax[rows[~_strict(view, rows)]] = True
-
-    # orjson decides the lines DuckDB might read differently; its canonical re-serialisation
-    # then goes through the same columnar typing.
-    lax_lines = np.flatnonzero(lax)
-    if lax_lines.size:
-        bounds = zip(starts[lax_lines].tolist(), ends[lax_lines].tolist(), strict=True)
-        canonical = [_canonical(text[a:b]) for a, b in bounds]
-        malformed = np.fromiter((c is None for c in canonical), bool, lax_lines.size)
-        reason[lax_lines[malformed]] = _CODE[MALFORMED_JSON]
-        redo = lax_lines[~malformed]
-        if redo.size:
-            again = pa.array([c.decode() for c in canonical if c is not None], pa.large_string())
-            batch.assign(redo, _read(again, lambda i: ord("{")))
+    _reparse_with_orjson(text, lines, np.flatnonzero(lax), batch, reason)
     reason[(reason == 0) & (batch.state != _OBJECT)] = _CODE[MALFORMED_JSON]
+    _parse_other_timestamps(batch, reason)
+    return batch
 
+
+def _reject(reason: np.ndarray, mask: np.ndarray, why: str) -> None:
+    """``why`` for the lines of ``mask`` that have no reason yet (the first reason wins)."""
+    reason[(reason == 0) & mask] = _CODE[why]
+
+
+def _validate(batch: _Batch, reason: np.ndarray, day: str, user_ids, item_ids) -> None:
+    """Validate stage: the contract's reasons (wrong types, impressions with watch time, then the
+    schema checks in column order) into ``reason``, for the lines that have none yet."""
     k, values = batch.k, batch.values
-    ts_us = values["ts_us"]
-    pending = np.flatnonzero((k["event_timestamp"] == _PANDAS) & (reason == 0))
-    if pending.size:  # timestamps not in the canonical form: pandas decides, as it always did
-        stamps = pd.to_datetime(
-            pd.Series(values["ts_text"][pending], dtype=object), format="ISO8601", utc=True, errors="coerce"
-        )
-        good = stamps.notna().to_numpy()
-        micros = np.asarray(stamps.dt.tz_localize(None), dtype="datetime64[us]").view(np.int64)
-        ts_us[pending[good]] = micros[good]
-        k["event_timestamp"][pending] = np.where(good, _OK, _BAD)
-
-    def reject(mask: np.ndarray, why: str) -> None:
-        reason[(reason == 0) & mask] = _CODE[why]
-
-    user, item, watch = values["user_id"], values["item_id"], values["watch_seconds"]
+    user, item, watch, ts_us = values["user_id"], values["item_id"], values["watch_seconds"], values["ts_us"]
     for f in (*STRING_FIELDS, *ID_FIELDS, "watch_seconds", "event_timestamp"):
-        reject(k[f] == _BAD, f"invalid_type:{f}")
-    reject((batch.etype == 1) & (k["watch_seconds"] == _OK) & (watch != 0), IMPRESSION_WITH_WATCH_TIME)
+        _reject(reason, k[f] == _BAD, f"invalid_type:{f}")
+    impression_watched = (batch.etype == 1) & (k["watch_seconds"] == _OK) & (watch != 0)
+    _reject(reason, impression_watched, IMPRESSION_WITH_WATCH_TIME)
     start = pd.Timestamp(day, tz="UTC").value // 1000
     end = start + 86_400_000_000
     checks = {
@@ -720,12 +801,14 @@ def ingest_day(
         "session_id": None,
     }
     for f, check in checks.items():
-        reject(k[f] == _NA, f"missing_field:{f}")
+        _reject(reason, k[f] == _NA, f"missing_field:{f}")
         if check is not None:
-            reject((k[f] == _OK) & check[1](), check[0])
+            _reject(reason, (k[f] == _OK) & check[1](), check[0])
 
-    # Duplicates of an event_id accepted earlier in the file: equal hashes first (integers, fast),
-    # then the strings themselves for those few lines.
+
+def _reject_duplicates(values: dict[str, np.ndarray], reason: np.ndarray) -> None:
+    """Dedupe stage: ``duplicate_event_id`` for the valid lines whose event_id an earlier valid
+    line has. Equal hashes first (integers, fast), then the strings themselves for those few lines."""
     accepted = np.flatnonzero(reason == 0)
     same_hash = pd.Series(values["event_id_hash"][accepted], copy=False).duplicated(keep=False).to_numpy()
     seen: set[str] = set()
@@ -734,17 +817,47 @@ def ingest_day(
         if event_id in seen:
             reason[line] = _CODE[DUPLICATE]
         seen.add(event_id)
-    keep = accepted[reason[accepted] == 0]
-    valid = _valid_frame(day, {f: values["ts_us" if f == "event_timestamp" else f][keep] for f in EVENT_FIELDS})
 
+
+def _dead_letters(text: bytes, day: str, lines: _Lines, event_id: np.ndarray, reason: np.ndarray):
+    """DLQ assembly: the rejected lines as a DLQ frame (exact bytes, reason, event_id when the line
+    is a record), and the count per reason."""
     bad = np.flatnonzero(reason != 0)
     names = np.array(("", *REASON_ORDER), dtype=object)
-    raw = [text[a:b] for a, b in zip(starts[bad].tolist(), ends[bad].tolist(), strict=True)]
-    event_ids = values["event_id"][bad]
+    raw = [text[a:b] for a, b in zip(lines.starts[bad].tolist(), lines.ends[bad].tolist(), strict=True)]
+    event_ids = event_id[bad]
     event_ids[reason[bad] <= _CODE[MALFORMED_JSON]] = None  # no record, no event_id
     rejected = _dlq(day, bad + 1, names[reason[bad]], raw, event_ids.tolist())
     tally = np.bincount(reason[bad], minlength=names.size)
-    counts = Counter({names[code]: int(c) for code, c in enumerate(tally) if c})
+    return rejected, Counter({names[code]: int(c) for code, c in enumerate(tally) if c})
+
+
+def ingest_day(
+    text: bytes,
+    day: str,
+    user_ids: Iterable[int] | np.ndarray | pd.Series,
+    item_ids: Iterable[int] | np.ndarray | pd.Series,
+    max_line_bytes: int = 1 << 20,
+) -> IngestResult:
+    """Parse and validate the decompressed JSON Lines payload ``text`` of partition ``day``.
+
+    ``user_ids`` / ``item_ids`` are the catalogue ids; lines longer than ``max_line_bytes``
+    bytes are rejected as ``line_too_long`` without being parsed.
+    """
+    text = bytes(text)
+    buf = np.frombuffer(text, dtype=np.uint8)
+    lines = _scan(buf)
+    n = lines.starts.size
+    if n == 0:
+        return _empty_result(day)
+    reason = _unreadable(text, buf, lines, max_line_bytes)  # 0: valid so far, else 1 + index in REASON_ORDER
+    batch = _parse(text, buf, lines, reason)
+    _validate(batch, reason, day, user_ids, item_ids)
+    _reject_duplicates(batch.values, reason)
+    values = batch.values
+    keep = np.flatnonzero(reason == 0)
+    valid = _valid_frame(day, {f: values["ts_us" if f == "event_timestamp" else f][keep] for f in EVENT_FIELDS})
+    rejected, counts = _dead_letters(text, day, lines, values["event_id"], reason)
     assert len(valid) + len(rejected) == n, "every landing record is either valid or rejected"
     return IngestResult(day=day, valid=valid, rejected=rejected, total_records=n, reasons=counts)
 

@@ -186,66 +186,107 @@ def _batch(batch: pd.DataFrame | pa.Table | None, features: list[str]) -> _Batch
     )
 
 
+class _BatchFeed:
+    """The loaders' useful queries, one prepared batch at a time, pass after pass.
+
+    The first pass calls the loaders; with ``spill_dir`` it also writes each prepared batch
+    there (``.npy``, float32) and the later passes read those back instead of calling the
+    loaders again. Loaders without a useful query are not read again. The feed holds no
+    batch itself.
+    """
+
+    def __init__(self, loaders: Sequence[BatchLoader], features: list[str], spill_dir: str | None) -> None:
+        self.loaders = loaders
+        self.features = features
+        self.columns = ranker_columns(features)
+        self.spill_dir = spill_dir
+        self.position = 0
+        self.passes = 0  # complete passes over the loaders
+        self.rows = 0  # useful rows (set by the first complete pass)
+        self._empty: set[int] = set()  # loaders without a useful query: not read again
+        self._date_owner: dict = {}
+        self._pass_rows = 0
+
+    def reset(self) -> None:
+        self.position = 0
+        self._pass_rows = 0
+
+    def _spilled(self, index: int, part: str) -> str:
+        return os.path.join(self.spill_dir, f"batch{index:05d}.{part}.npy")
+
+    def _load(self, index: int) -> _Batch | None:
+        """Batch ``index`` from its loader (spilled on the first pass), checking that no day is
+        split across batches."""
+        batch = _batch(self.loaders[index](self.columns), self.features)
+        if batch is None:
+            return None
+        for day in batch.dates:
+            if self._date_owner.setdefault(day, index) != index:
+                raise RuntimeError(f"day {day} is split across ranker batches: a query must lie in one batch")
+        if self.spill_dir is not None and not self.passes:
+            for part in ("x", "label", "qid"):
+                np.save(self._spilled(index, part), getattr(batch, part))
+        return batch
+
+    def _get(self, index: int) -> _Batch | None:
+        if self.passes and self.spill_dir is not None:
+            x, label, qid = (np.load(self._spilled(index, part)) for part in ("x", "label", "qid"))
+            return _Batch(x=x, label=label, qid=qid, dates=frozenset())
+        return self._load(index)
+
+    def next(self) -> _Batch | None:
+        """The next batch with a useful query in this pass; None at the end of the pass."""
+        while self.position < len(self.loaders):
+            index = self.position
+            self.position += 1
+            if index in self._empty:
+                continue
+            batch = self._get(index)
+            if batch is None:
+                self._empty.add(index)
+                continue
+            self._pass_rows += len(batch.label)
+            return batch
+        if not self.passes:
+            self.rows = self._pass_rows
+        self.passes += 1
+        return None
+
+
 def _batch_iterator(loaders: Sequence[BatchLoader], features: list[str], spill_dir: str | None) -> xgb.DataIter:
     """An :class:`xgboost.DataIter` over the loaders' useful queries, one loader per batch.
 
     The first pass calls the loaders; with ``spill_dir`` it also writes each prepared batch
     there (``.npy``, float32) and the later passes read those back instead of calling the
-    loaders again. Memory holds one batch either way.
+    loaders again. Memory holds one batch either way (see :class:`_BatchFeed`).
     """
     import xgboost as xgb
 
-    columns = ranker_columns(features)
+    feed = _BatchFeed(loaders, features, spill_dir)
 
     class Batches(xgb.DataIter):
         def __init__(self) -> None:
             super().__init__(release_data=True)  # drop each batch once XGBoost has consumed it
-            self.position = 0
-            self.passes = 0  # complete passes over the loaders
-            self.rows = 0  # useful rows (set by the first complete pass)
-            self._empty: set[int] = set()  # loaders without a useful query: not read again
-            self._date_owner: dict = {}
-            self._pass_rows = 0
+
+        @property
+        def passes(self) -> int:
+            """Complete passes over the loaders."""
+            return feed.passes
+
+        @property
+        def rows(self) -> int:
+            """Useful rows (set by the first complete pass)."""
+            return feed.rows
 
         def reset(self) -> None:
-            self.position = 0
-            self._pass_rows = 0
-
-        def _spilled(self, index: int, part: str) -> str:
-            return os.path.join(spill_dir, f"batch{index:05d}.{part}.npy")
-
-        def _get(self, index: int) -> _Batch | None:
-            if self.passes and spill_dir is not None:
-                x, label, qid = (np.load(self._spilled(index, part)) for part in ("x", "label", "qid"))
-                return _Batch(x=x, label=label, qid=qid, dates=frozenset())
-            batch = _batch(loaders[index](columns), features)
-            if batch is None:
-                return None
-            for day in batch.dates:
-                if self._date_owner.setdefault(day, index) != index:
-                    raise RuntimeError(f"day {day} is split across ranker batches: a query must lie in one batch")
-            if spill_dir is not None and not self.passes:
-                for part in ("x", "label", "qid"):
-                    np.save(self._spilled(index, part), getattr(batch, part))
-            return batch
+            feed.reset()
 
         def next(self, input_data: Callable) -> bool:
-            while self.position < len(loaders):
-                index = self.position
-                self.position += 1
-                if index in self._empty:
-                    continue
-                batch = self._get(index)
-                if batch is None:
-                    self._empty.add(index)
-                    continue
-                self._pass_rows += len(batch.label)
-                input_data(data=batch.x, label=batch.label, qid=batch.qid, feature_names=features)
-                return True
-            if not self.passes:
-                self.rows = self._pass_rows
-            self.passes += 1
-            return False
+            batch = feed.next()
+            if batch is None:
+                return False
+            input_data(data=batch.x, label=batch.label, qid=batch.qid, feature_names=features)
+            return True
 
     return Batches()
 

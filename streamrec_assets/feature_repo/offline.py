@@ -314,6 +314,123 @@ def _connect(filesystems: list):
     return con
 
 
+def _key_columns(frame: pd.DataFrame, plans: Sequence[ViewPlan], timestamp_column: str) -> list[str]:
+    """The entity frame's join key columns of ``plans`` (first mention first), checked present with
+    ``timestamp_column``."""
+    key_columns = list(dict.fromkeys(k for p in plans for k in p.join_keys.values()))
+    absent = [k for k in [timestamp_column, *key_columns] if k not in frame.columns]
+    if absent:
+        raise ValueError(f"The entity frame lacks column(s) {absent} needed to join {[p.name for p in plans]}.")
+    return key_columns
+
+
+def _reachable_partitions(
+    plans: Sequence[ViewPlan], min_us: int, max_us: int, result: PitJoinResult, rows: int
+) -> list[tuple[ViewPlan, list[str], object]]:
+    """Window selection: per plan, (plan, files, fsspec filesystem or None) of the existing partitions
+    that entity timestamps in ``[min_us, max_us]`` (epoch µs) reach within the plan's TTL; the
+    days and files go to ``result`` too."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    min_ts, max_ts = epoch + timedelta(microseconds=min_us), epoch + timedelta(microseconds=max_us)
+    t0 = time.perf_counter()
+    found = []
+    for plan in plans:
+        first, last = reachable_days(min_ts, max_ts, plan.ttl)
+        days, files, fs = partition_files(plan, first, last)
+        result.partitions[plan.name], result.files[plan.name] = days, files
+        found.append((plan, files, fs))
+    result.seconds["list"] = time.perf_counter() - t0
+    log.info(
+        "Point-in-time join of %d rows (%s .. %s) read %s",
+        rows, min_ts.isoformat(), max_ts.isoformat(),
+        "; ".join(f"{v}: {_spans(d)}" for v, d in result.partitions.items()),
+    )
+    return found
+
+
+def _ttl_us(plan: ViewPlan) -> int | None:
+    return None if plan.ttl is None else int(plan.ttl / timedelta(microseconds=1))
+
+
+def _position_index(table: pa.Table, keys: int) -> pa.Table:
+    """The keys and stamps of a view's feature rows, with each row's position (``__pit_i``)."""
+    import numpy as np
+    import pyarrow as pa
+
+    columns = [*(f"__pit_k{j}" for j in range(keys)), _TS]
+    return table.select(columns).append_column("__pit_i", pa.array(np.arange(len(table), dtype="int64")))
+
+
+def _asof_join(i: int, plan: ViewPlan, ttl_us: int | None) -> tuple[str, str]:
+    """The ``ASOF LEFT JOIN`` of view ``i`` (registered as ``__pit_f<i>``) to the entities ``e``, and
+    the select expression of the position ``__pit_p<i>`` of each entity row's feature row (null
+    when none, or when expired: inclusive, as Feast's ``feature_ts + ttl >= event_ts``)."""
+    alias = f"f{i}"
+    on = [f"e.{_q(ent)} = {alias}.__pit_k{j}" for j, ent in enumerate(plan.join_keys.values())]
+    join = f"ASOF LEFT JOIN __pit_f{i} {alias} ON {' AND '.join(on)} AND e.{_TS} >= {alias}.{_TS}"
+    position = f"{alias}.__pit_i"
+    if ttl_us is not None:
+        position = f"CASE WHEN {alias}.{_TS} >= e.{_TS} - {ttl_us} THEN {position} END"
+    return join, f"{position} AS __pit_p{i}"
+
+
+def _pick_positions(
+    entities: pa.Table, found: list[tuple[ViewPlan, list[str], object]], min_us: int, max_us: int
+) -> tuple[dict[int, pa.Table], pa.Table]:
+    """In DuckDB: the reachable feature rows of each view with files (by index into ``found``), and
+    per entity row, in the entity order, the position of its feature row in each (``__pit_p<i>``)."""
+    con = _connect([fs for _, files, fs in found if files])
+    try:
+        con.register("__pit_entities", entities)
+        tables, positions, joins = {}, [], []
+        for i, (plan, files, _) in enumerate(found):
+            if not files:
+                continue  # nothing reachable: the view's columns stay null
+            ttl_us = _ttl_us(plan)
+            lo_us = None if ttl_us is None else min_us - ttl_us
+            tables[i] = con.sql(_view_query(plan, files, lo_us, max_us)).to_arrow_table()
+            con.register(f"__pit_f{i}", _position_index(tables[i], len(plan.join_keys)))
+            join, position = _asof_join(i, plan, ttl_us)
+            joins.append(join)
+            positions.append(position)
+        sql = f"SELECT {', '.join(positions)} FROM __pit_entities e {' '.join(joins)} ORDER BY e.{_ROW}"
+        picked = con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+    return tables, picked
+
+
+def _gather(
+    found: list[tuple[ViewPlan, list[str], object]], tables: dict[int, pa.Table], picked: pa.Table
+) -> tuple[dict[str, pa.ChunkedArray], set[str]]:
+    """Post-processing: each feature column gathered by position from its view's rows, and the
+    ``<view>__date`` columns whose source rows need formatting as 'YYYY-MM-DD'."""
+    columns, reformat = {}, set()
+    for i, table in tables.items():
+        where = picked[f"__pit_p{i}"]
+        for _, out in found[i][0].features:
+            columns[out] = table[out].take(where)
+            if out.endswith("__date") and _dates_need_formatting(table[out]):  # checked on the source rows
+                reformat.add(out)
+    return columns, reformat
+
+
+def _finish(
+    result: PitJoinResult, frame: pd.DataFrame, plans: Sequence[ViewPlan], columns: dict, reformat: set[str],
+    started: float,
+) -> PitJoinResult:
+    """``result`` with the entity frame and the feature columns of ``plans`` (all null where not in
+    ``columns``), and the total time since ``started``."""
+    import pyarrow as pa
+
+    output = [out for p in plans for _, out in p.features]
+    types = {out: t for p in plans for out, t in p.types.items()}
+    gathered = {out: columns[out] if out in columns else pa.nulls(len(frame), types[out]) for out in output}
+    result.frame = _assemble(frame, pa.table(gathered) if gathered else None, output, reformat)
+    result.seconds["total"] = time.perf_counter() - started
+    return result
+
+
 def point_in_time_join(
     entity_df: pd.DataFrame,
     plans: Sequence[ViewPlan],
@@ -328,90 +445,26 @@ def point_in_time_join(
     back to the entity order, and the feature columns are gathered by position in Arrow: no
     wide rows travel through the join or the sort.
     """
-    import numpy as np
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     started = time.perf_counter()
     result = PitJoinResult(frame=entity_df)
     frame = entity_df.reset_index(drop=True)
-    key_columns = list(dict.fromkeys(k for p in plans for k in p.join_keys.values()))
-    absent = [k for k in [timestamp_column, *key_columns] if k not in frame.columns]
-    if absent:
-        raise ValueError(f"The entity frame lacks column(s) {absent} needed to join {[p.name for p in plans]}.")
-    output = [out for p in plans for _, out in p.features]
-    entities = _entity_arrow(frame, key_columns, timestamp_column)
+    entities = _entity_arrow(frame, _key_columns(frame, plans, timestamp_column), timestamp_column)
     stamps = entities[_TS].drop_null()
-    types = {out: t for p in plans for out, t in p.types.items()}
-    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
-    reformat: set[str] = set()
-
-    def finish() -> PitJoinResult:
-        gathered = {out: columns[out] if out in columns else pa.nulls(len(frame), types[out]) for out in output}
-        result.frame = _assemble(frame, pa.table(gathered) if gathered else None, output, reformat)
-        result.seconds["total"] = time.perf_counter() - started
-        return result
-
     if len(stamps) == 0 or not plans:
-        return finish()
+        return _finish(result, frame, plans, {}, set(), started)
     min_us, max_us = int(pc.min(stamps).as_py()), int(pc.max(stamps).as_py())
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    min_ts, max_ts = epoch + timedelta(microseconds=min_us), epoch + timedelta(microseconds=max_us)
-
-    t0 = time.perf_counter()
-    found = []
-    for plan in plans:
-        first, last = reachable_days(min_ts, max_ts, plan.ttl)
-        days, files, fs = partition_files(plan, first, last)
-        result.partitions[plan.name], result.files[plan.name] = days, files
-        found.append((plan, files, fs))
-    result.seconds["list"] = time.perf_counter() - t0
-    log.info(
-        "Point-in-time join of %d rows (%s .. %s) read %s",
-        len(frame), min_ts.isoformat(), max_ts.isoformat(),
-        "; ".join(f"{v}: {_spans(d)}" for v, d in result.partitions.items()),
-    )
+    found = _reachable_partitions(plans, min_us, max_us, result, len(frame))
     if not any(files for _, files, _ in found):
-        return finish()
+        return _finish(result, frame, plans, {}, set(), started)
 
     t0 = time.perf_counter()
-    con = _connect([fs for _, files, fs in found if files])
-    try:
-        con.register("__pit_entities", entities)
-        tables, positions, joins = {}, [], []
-        for i, (plan, files, _) in enumerate(found):
-            if not files:
-                continue  # nothing reachable: the view's columns stay null
-            ttl_us = None if plan.ttl is None else int(plan.ttl / timedelta(microseconds=1))
-            lo_us = None if ttl_us is None else min_us - ttl_us
-            table = con.sql(_view_query(plan, files, lo_us, max_us)).to_arrow_table()
-            tables[i] = table
-            keys = [f"__pit_k{j}" for j in range(len(plan.join_keys))]
-            index = table.select([*keys, _TS]).append_column("__pit_i", pa.array(np.arange(len(table), dtype="int64")))
-            con.register(f"__pit_f{i}", index)
-            alias = f"f{i}"
-            on = [f"e.{_q(ent)} = {alias}.__pit_k{j}" for j, ent in enumerate(plan.join_keys.values())]
-            joins.append(f"ASOF LEFT JOIN __pit_f{i} {alias} ON {' AND '.join(on)} AND e.{_TS} >= {alias}.{_TS}")
-            position = f"{alias}.__pit_i"
-            if ttl_us is not None:  # inclusive, as Feast's feature_ts + ttl >= event_ts
-                position = f"CASE WHEN {alias}.{_TS} >= e.{_TS} - {ttl_us} THEN {position} END"
-            positions.append((i, f"{position} AS __pit_p{i}"))
-        sql = (f"SELECT {', '.join(p for _, p in positions)} FROM __pit_entities e {' '.join(joins)} "
-               f"ORDER BY e.{_ROW}")
-        picked = con.sql(sql).to_arrow_table()
-    finally:
-        con.close()
+    tables, picked = _pick_positions(entities, found, min_us, max_us)
     result.seconds["duckdb"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    for i, _ in positions:
-        plan, table = found[i][0], tables[i]
-        where = picked[f"__pit_p{i}"]
-        for _, out in plan.features:
-            columns[out] = table[out].take(where)
-            if out.endswith("__date") and _dates_need_formatting(table[out]):  # checked on the source rows
-                reformat.add(out)
-    finish()
+    _finish(result, frame, plans, *_gather(found, tables, picked), started)
     result.seconds["pandas"] = time.perf_counter() - t0
     return result
 
