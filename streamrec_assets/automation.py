@@ -420,6 +420,31 @@ def model_promotion_alerts(context: dg.SensorEvaluationContext):
     return None
 
 
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    name="feature_drift_alerts",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=get_settings().sensor_interval_seconds,
+    description="P2 when a run's feature_drift check feature_psi_below_threshold failed (PSI above "
+    "STREAMREC_DRIFT_PSI_THRESHOLD): one alert per run, naming the days and the drifted features.",
+)
+def feature_drift_alerts(context: dg.RunStatusSensorContext):
+    from streamrec_assets.alerts import Alert, Severity
+    from streamrec_assets.core.drift import ASSET, PSI_CHECK, drift_run_alert
+
+    run = context.dagster_run
+    records = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    evaluations = [r.dagster_event.event_specific_data for r in records]
+    text = drift_run_alert(
+        [(e.partition, e.passed, e.metadata) for e in evaluations
+         if e.asset_key == dg.AssetKey(ASSET) and e.check_name == PSI_CHECK],
+        _run_partition(run),
+    )
+    if text is not None:
+        _send(context, Alert(Severity.P2, text.title, text.details, run_id=run.run_id, asset=ASSET,
+                             partition=text.partition))
+
+
 @dg.sensor(
     name="freshness_alerts",
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -448,4 +473,4 @@ FRESHNESS_WATCHED = (
 )
 
 sensors = [landing_zone_sensor, automation_sensor, run_failure_alerts, recovery_alerts, model_promotion_alerts,
-           freshness_alerts]
+           feature_drift_alerts, freshness_alerts]

@@ -62,6 +62,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         items=items,
         malformed_rate=args.malformed_rate,
         force=args.force,
+        drift_from=args.drift_from,
     )
     total_records = 0
     total_seconds = 0.0
@@ -100,6 +101,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--malformed-rate", type=_rate, default=0.002)
     p.add_argument("--landing", default=None, help="landing-zone path or URI (default: settings landing_uri)")
     p.add_argument("--force", action="store_true", help="regenerate days even if already present")
+    p.add_argument("--drift-from", type=_iso_date, default=None,
+                   help="drift scenario from this day on (binge sessions, trending genres); earlier days unchanged")
     p.set_defaults(func=_cmd_generate)
 
 

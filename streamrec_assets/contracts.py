@@ -972,3 +972,59 @@ def online_probe_problems(dates: dict[str, list[str | None]], day: str) -> list[
         if stale:
             problems.append(f"{view}: {len(stale)} of {len(values)} entities of {day} have no online value of {day}")
     return problems
+
+
+# ---- drift monitoring (streamrec_assets.core.drift)
+
+
+def _drift_values() -> tuple[list[str], list[str]]:
+    """The tables compared and the row statuses of a drift table."""
+    from streamrec_assets.core.drift import COMPARED, SCORE_TABLE, SKIPPED
+
+    return ["user_features", "item_features", SCORE_TABLE], [COMPARED, SKIPPED]
+
+
+_DRIFT_TABLES, _DRIFT_STATUSES = _drift_values()
+
+
+#: The drift report of a day (``feature_drift/date=D/data.parquet``): one row per (table, feature).
+feature_drift_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col("Serving day (YYYY-MM-DD, UTC) whose distributions are compared with its reference window."),
+        "table": pa.Column(
+            str, pa.Check.isin(_DRIFT_TABLES), nullable=False,
+            description="Table of the feature: user_features / item_features, or batch_recommendations for the "
+            "champion's score.",
+        ),
+        "feature": pa.Column(str, pa.Check.str_length(min_value=1), nullable=False,
+                             description="Column compared (a numeric feature, or 'score')."),
+        "status": pa.Column(
+            str, pa.Check.isin(_DRIFT_STATUSES), nullable=False,
+            description="'compared', or 'skipped' (too little comparable reference, or no values; see note).",
+        ),
+        "psi": pa.Column(
+            "float64", pa.Check.ge(0), nullable=True,
+            description="Population stability index of the day against the reference (quantile bins of the "
+            "reference); null when skipped.",
+        ),
+        "flagged": pa.Column(bool, nullable=False, description="PSI above the run's threshold (default 0.2)."),
+        "reference_mean": pa.Column("float64", nullable=True, description="Mean over the reference window's rows."),
+        "current_mean": pa.Column("float64", nullable=True, description="Mean over the day's rows."),
+        "reference_rows": pa.Column("int64", pa.Check.ge(0), nullable=False,
+                                    description="Values in the reference (rows of its comparable days)."),
+        "current_rows": pa.Column("int64", pa.Check.ge(0), nullable=False, description="Values on the day."),
+        "reference_days": pa.Column("int64", pa.Check.ge(0), nullable=False,
+                                    description="Days of the reference window that were compared."),
+        "bins": pa.Column("int64", pa.Check.ge(0), nullable=False,
+                          description="Value bins of the PSI (a bin for missing values comes on top); 0 when skipped."),
+        "note": pa.Column(str, nullable=False, description="Why a row was skipped, or what to keep in mind; may be empty."),
+    },
+    checks=[
+        pa.Check(lambda df: ~df.duplicated(["date", "table", "feature"]), name="one_row_per_feature_and_day"),
+        pa.Check(lambda df: (df["status"] == "compared") == df["psi"].notna(), name="psi_iff_compared"),
+        pa.Check(lambda df: ~df["flagged"] | (df["status"] == "compared"), name="flagged_only_when_compared"),
+    ],
+    strict=True,
+    ordered=True,
+    name="feature_drift",
+)

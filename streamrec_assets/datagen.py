@@ -44,6 +44,15 @@ Duplicates are counted **separately** from the malformed share: a share
 exactly ``round(records * duplicate_rate)`` lines) are exact byte-for-byte copies of a
 valid line (same ``event_id``), written right after the original.  ``records`` counts
 every line of the file: valid + malformed + duplicates.
+
+Drift scenario
+--------------
+``generate(..., drift_from="YYYY-MM-DD")`` shifts behaviour from that day on (see
+:class:`Drift`): viewers binge (longer sessions, more of each play watched) and what
+they browse tilts towards a few trending genres.  The hidden world (taste, affinity,
+the oracle) is unchanged, and so is every day before ``drift_from`` and every run
+without the option: a drifted day's marker records ``drift_from`` among its parameters,
+the other days' markers are the plain ones.
 """
 
 from __future__ import annotations
@@ -137,6 +146,34 @@ _HOUR_WEIGHTS = np.array(
 )
 _GZIP_LEVEL = 4
 _GZIP_CHUNK = 8 << 20  # bytes of text per gzip member (members are compressed in threads)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How behaviour changes from ``drift_from`` on (the drift scenario; the default run has none).
+
+    ``session_impressions``: mean impressions per session (7 without drift);
+    ``watch_logit_shift``: added to the logit of the share of an item watched;
+    ``trend_weight``: share of the browsing genre mix taken from ``trend_genres`` (equally)
+    instead of the user's taste; ``popularity_share``: impressions drawn from global
+    popularity (0.4 without drift).  Affinity, play probability and the oracle are unchanged.
+    """
+
+    session_impressions: float = 16.0
+    watch_logit_shift: float = 1.0
+    trend_weight: float = 0.6
+    trend_genres: tuple[str, ...] = ("documentary", "reality", "music", "sports")
+    popularity_share: float = 0.2
+
+    def browse_taste(self, taste: np.ndarray) -> np.ndarray:
+        """The genre mix users browse under drift: their taste blended with the trend."""
+        trend = np.zeros(len(GENRES))
+        trend[[GENRES.index(g) for g in self.trend_genres]] = 1.0 / len(self.trend_genres)
+        return (1.0 - self.trend_weight) * taste + self.trend_weight * trend
+
+
+#: The drift scenario of ``generate(..., drift_from=...)``.
+DRIFT = Drift()
 
 
 def _ordinal(day: str | date) -> int:
@@ -302,7 +339,9 @@ class World:
 # --------------------------------------------------------------------------- one day
 
 
-def _sample_items(world: World, rng, day_ord: int, users_idx: np.ndarray) -> np.ndarray:
+def _sample_items(
+    world: World, rng, day_ord: int, users_idx: np.ndarray, drift: Drift | None = None
+) -> np.ndarray:
     """Pick one item (index) per impression: mixture of global popularity and user taste."""
     n = users_idx.size
     released = np.flatnonzero(world._release_ord <= day_ord)
@@ -313,7 +352,7 @@ def _sample_items(world: World, rng, day_ord: int, users_idx: np.ndarray) -> np.
     out = np.empty(n, np.int64)
 
     # Global popularity for ~40 % of impressions.
-    by_pop = rng.random(n) < 0.4
+    by_pop = rng.random(n) < (0.4 if drift is None else drift.popularity_share)
     cdf = np.cumsum(weight)
     r = rng.random(n)
     out[by_pop] = released[
@@ -322,7 +361,8 @@ def _sample_items(world: World, rng, day_ord: int, users_idx: np.ndarray) -> np.
 
     # Genre drawn from the user's taste, then item by popularity within that genre.
     rest = np.flatnonzero(~by_pop)
-    taste_cum = np.cumsum(world._taste[users_idx[rest]].astype(np.float32), axis=1)
+    taste = world._taste[users_idx[rest]] if drift is None else drift.browse_taste(world._taste[users_idx[rest]])
+    taste_cum = np.cumsum(taste.astype(np.float32), axis=1)
     g = (taste_cum < (rng.random(rest.size, dtype=np.float32) * taste_cum[:, -1])[:, None]).sum(axis=1)
     g = np.minimum(g, len(GENRES) - 1)
     r2 = rng.random(rest.size)
@@ -344,7 +384,29 @@ def _sample_items(world: World, rng, day_ord: int, users_idx: np.ndarray) -> np.
     return out
 
 
-def _simulate(world: World, day: str, n_rows: int, rng) -> dict[str, np.ndarray]:
+def _timestamps(rng, sess_len: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Impression and play times (ms of the day): evening-peaked session starts, impressions
+    tens of seconds apart."""
+    n_sess = sess_len.size
+    hour = rng.choice(24, size=n_sess, p=_HOUR_WEIGHTS / _HOUR_WEIGHTS.sum())
+    start = hour * 3_600_000 + rng.integers(0, 3_600_000, size=n_sess)
+    gaps = (2_000 + rng.exponential(30_000, size=keep)).astype(np.int64)
+    first = np.zeros(keep, bool)
+    first[np.cumsum(sess_len)[:-1]] = True
+    first[0] = True
+    gaps[first] = 0
+    offs = np.cumsum(gaps)
+    offs -= np.repeat(offs[first], sess_len)
+    span = offs[np.cumsum(sess_len) - 1]
+    start = np.minimum(start, _DAY_MS - 1 - 30_000 - span)
+    start = np.maximum(start, 0)
+    imp_ts = np.repeat(start, sess_len) + offs
+    play_delay = rng.integers(500, 20_000, size=keep)
+    play_ts = np.minimum(imp_ts + play_delay, _DAY_MS - 1)
+    return imp_ts, play_ts
+
+
+def _simulate(world: World, day: str, n_rows: int, rng, drift: Drift | None = None) -> dict[str, np.ndarray]:
     """Simulate sessions and return exactly ``n_rows`` valid events sorted by time."""
     day_ord = _ordinal(day)
     eligible = np.flatnonzero(world._signup_ord <= day_ord)
@@ -352,7 +414,7 @@ def _simulate(world: World, day: str, n_rows: int, rng) -> dict[str, np.ndarray]
         return {}
 
     # Sessions: users drawn by activity with a per-day mood factor.
-    mean_imps = 7.0
+    mean_imps = 7.0 if drift is None else drift.session_impressions
     n_sess = int(np.ceil(n_rows / mean_imps * 1.05)) + 16
     w = world._activity[eligible] * rng.gamma(2.0, 0.5, size=eligible.size)
     sess_user = eligible[rng.choice(eligible.size, size=n_sess, p=w / w.sum())]
@@ -372,7 +434,7 @@ def _simulate(world: World, day: str, n_rows: int, rng) -> dict[str, np.ndarray]
     sess_user = sess_user[:n_sess]
     sess_idx = np.repeat(np.arange(n_sess), sess_len)
     u = sess_user[sess_idx]
-    i = _sample_items(world, rng, day_ord, u)
+    i = _sample_items(world, rng, day_ord, u, drift)
 
     # Play decision and watch time from the hidden affinity.
     aff = world._affinity_idx(u, i)
@@ -387,25 +449,11 @@ def _simulate(world: World, day: str, n_rows: int, rng) -> dict[str, np.ndarray]
     n_sess = int(sess_idx[-1]) + 1
     sess_len = np.bincount(sess_idx, minlength=n_sess)
 
-    # Timing: evening-peaked session starts, impressions tens of seconds apart.
-    hour = rng.choice(24, size=n_sess, p=_HOUR_WEIGHTS / _HOUR_WEIGHTS.sum())
-    start = hour * 3_600_000 + rng.integers(0, 3_600_000, size=n_sess)
-    gaps = (2_000 + rng.exponential(30_000, size=keep)).astype(np.int64)
-    first = np.zeros(keep, bool)
-    first[np.cumsum(sess_len)[:-1]] = True
-    first[0] = True
-    gaps[first] = 0
-    offs = np.cumsum(gaps)
-    offs -= np.repeat(offs[first], sess_len)
-    span = offs[np.cumsum(sess_len) - 1]
-    start = np.minimum(start, _DAY_MS - 1 - 30_000 - span)
-    start = np.maximum(start, 0)
-    imp_ts = np.repeat(start, sess_len) + offs
-    play_delay = rng.integers(500, 20_000, size=keep)
-    play_ts = np.minimum(imp_ts + play_delay, _DAY_MS - 1)
+    imp_ts, play_ts = _timestamps(rng, sess_len, keep)
 
     dur = world._duration[i].astype(float)
-    frac = _sigmoid(1.5 * aff - 0.6 + rng.normal(0.0, 1.0, size=keep))
+    shift = 0.0 if drift is None else drift.watch_logit_shift  # + 0.0 leaves every float as it was
+    frac = _sigmoid(1.5 * aff - 0.6 + rng.normal(0.0, 1.0, size=keep) + shift)
     watch = np.minimum(np.maximum(np.round(frac * dur, 1), 1.0), dur)
 
     sess_device = np.where(
@@ -523,6 +571,7 @@ def _generate_day(
     seed: int,
     malformed_rate: float = 0.002,
     duplicate_rate: float | None = None,
+    drift: Drift | None = None,
 ) -> tuple[bytes, DayStats]:
     if not 0.0 <= malformed_rate < 0.5:
         raise ValueError("malformed_rate must be within [0, 0.5)")
@@ -535,7 +584,7 @@ def _generate_day(
     total = int(events_per_day)
     n_dup = int(round(total * duplicate_rate))
     n_mal = int(round(total * malformed_rate))
-    ev = _simulate(world, day, total - n_dup, rng)
+    ev = _simulate(world, day, total - n_dup, rng, drift)
     stats = DayStats()
     if not ev:
         return _gzip(b""), stats
@@ -575,9 +624,11 @@ def generate_day(
     seed: int,
     malformed_rate: float = 0.002,
     duplicate_rate: float | None = None,
+    drift: Drift | None = None,
 ) -> bytes:
-    """Gzip bytes of one day's JSON-lines event file (deterministic, see module doc)."""
-    return _generate_day(world, day, events_per_day, seed, malformed_rate, duplicate_rate)[0]
+    """Gzip bytes of one day's JSON-lines event file (deterministic, see module doc; ``drift``: the
+    behaviour of the drift scenario, e.g. :data:`DRIFT`)."""
+    return _generate_day(world, day, events_per_day, seed, malformed_rate, duplicate_rate, drift)[0]
 
 
 # --------------------------------------------------------------------------- landing zone
@@ -625,8 +676,12 @@ def generate(
     malformed_rate: float = 0.002,
     force: bool = False,
     duplicate_rate: float | None = None,
+    drift_from: str | None = None,
 ) -> list[dict]:
     """Write the catalogue and one event file + ``_SUCCESS`` marker per day of ``[start, end]``.
+
+    ``drift_from``: the drift scenario (:data:`DRIFT`) from that day on; days before it, and
+    every day of a run without it, are byte-identical to the default generation.
 
     A day is skipped when its data file exists and its marker holds identical
     generation parameters, unless ``force``.  Returns one summary per day:
@@ -640,6 +695,8 @@ def generate(
     users = default_users(events_per_day) if users is None else int(users)
     items = default_items(events_per_day) if items is None else int(items)
     params = generation_params(events_per_day, seed, users, items, malformed_rate, duplicate_rate)
+    if drift_from is not None:
+        drift_from = date.fromisoformat(drift_from).isoformat()
     world = World.build(seed, users, items)
     write_catalog(landing, world)
     zone = Landing(landing)
@@ -647,9 +704,11 @@ def generate(
     for day in days:
         t0 = time.perf_counter()
         data_uri = str(zone.events_path(day))
+        drifted = drift_from is not None and day >= drift_from
+        day_params = {**params, "drift_from": drift_from} if drifted else params
         # A day is skipped only when its marker holds the same parameters *and* the file still
         # matches the marker's sha256: a truncated or replaced file is regenerated.
-        cached = None if force else zone.verify_cached(day, params)
+        cached = None if force else zone.verify_cached(day, day_params)
         if cached is not None:
             out.append(
                 {
@@ -665,9 +724,9 @@ def generate(
             )
             continue
         data, stats = _generate_day(
-            world, day, events_per_day, seed, malformed_rate, params["duplicate_rate"]
+            world, day, events_per_day, seed, malformed_rate, params["duplicate_rate"], DRIFT if drifted else None
         )
-        marker = zone.write_day(day, data, stats.records, params)
+        marker = zone.write_day(day, data, stats.records, day_params)
         out.append(
             {
                 "date": day,

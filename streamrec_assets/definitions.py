@@ -10,6 +10,7 @@ import dagster as dg
 
 from streamrec_assets import automation
 from streamrec_assets.assets import (
+    drift,
     feature_store,
     features,
     ingest,
@@ -109,7 +110,7 @@ with warnings.catch_warnings():  # code references are a beta feature of Dagster
             _annotate,
             with_code_versions(
                 dg.load_assets_from_modules(
-                    [ingest, features, feature_store, training, retrieval, models, registry, serving]
+                    [ingest, features, feature_store, training, retrieval, models, registry, serving, drift]
                 )
             ),
         )

@@ -80,6 +80,7 @@ class Settings:
     sensor_interval_seconds: int = field(
         default_factory=lambda: int(_float("STREAMREC_SENSOR_INTERVAL_SECONDS", 30))
     )
+    drift_psi_threshold: float = field(default_factory=lambda: _float("STREAMREC_DRIFT_PSI_THRESHOLD", 0.2))
     executor: str = field(default_factory=lambda: _env("STREAMREC_EXECUTOR", "forkserver"))
     max_concurrent_steps: int = field(default_factory=lambda: int(_float("STREAMREC_MAX_CONCURRENT_STEPS", 0)))
 
