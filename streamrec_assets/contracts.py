@@ -447,38 +447,62 @@ training_examples_schema = pa.DataFrameSchema(
 )
 
 
+from streamrec_assets.core.serving import (  # noqa: E402 - the serving vocabulary lives with its logic
+    CANDIDATE_SOURCES,
+    CHAMPION_RANKER,
+    RANKERS,
+)
+from streamrec_assets.core.serving import TOP_K as _SERVING_TOP_K  # noqa: E402
+
 batch_recommendations_schema = pa.DataFrameSchema(
     {
-        "date": _date_col("Serving day (YYYY-MM-DD, UTC): recommendations as of the end of this day."),
+        "date": pa.Column(str, pa.Check.str_matches(DATE_PATTERN), nullable=False,
+                          description="Serving day (YYYY-MM-DD, UTC): recommendations as of the end of this day."),
         "user_id": pa.Column("int64", nullable=False, description="A user active on the serving day."),
         "rank": pa.Column(
-            "int64", pa.Check.in_range(1, 20), nullable=False,
+            "int64", pa.Check.in_range(1, _SERVING_TOP_K), nullable=False,
             description="Position in the user's list, 1 = best (by score; ties: smaller item_id).",
         ),
-        "item_id": pa.Column("int64", nullable=False, description="The recommended item (released by the end of the day)."),
+        "item_id": pa.Column("int64", nullable=False,
+                             description="The recommended item (released by the end of the day)."),
         "score": pa.Column(
             "float64", nullable=False,
-            description="The champion ranker's score (higher is better; only the order matters); without a "
-            "champion, minus the retrieval rank.",
+            description="The ranker's score (higher is better; only the order matters): the champion's, or "
+            "with the popularity fallback the item's plays in [D-28, D].",
         ),
         "candidate_source": pa.Column(
-            str, pa.Check.isin(["covis", "popular"]), nullable=False,
-            description="Where retrieval found the item: 'covis' (co-visitation with the user's recent plays) or "
-            "'popular' (popularity fallback).",
+            str, pa.Check.isin(list(CANDIDATE_SOURCES)), nullable=False,
+            description="Where the candidate came from: 'retrieval' (co-visitation with the user's recent "
+            "plays), 'popularity' (fill or fallback), 'cold_start' (popularity for a user without plays in "
+            "[D-28, D]), 'continue_watching' (an item the user started but did not complete).",
+        ),
+        "ranker": pa.Column(
+            str, pa.Check.isin(list(RANKERS)), nullable=False,
+            description="'champion' (the registry's champion as of D) or 'popularity' (no promotion yet).",
         ),
         "model_version": pa.Column(
-            "int64", pa.Check.ge(0), nullable=False,
-            description="MLflow version of streamrec-ranker (alias champion) that scored the list; 0 without one.",
+            "Int64", pa.Check.ge(1), nullable=True,
+            description="MLflow version of streamrec-ranker that was champion as of D (latest recorded "
+            "promotion registered on or before D); null with the popularity fallback.",
         ),
         "feature_source": pa.Column(
             str, pa.Check.isin(["online", "offline", "none"]), nullable=False,
-            description="Where the features came from: 'online' store (newest day), 'offline' store as of the day's "
-            "end (backfilled day), 'none' (no champion: retrieval order).",
+            description="Where the features came from: 'online' store (newest day), 'offline' store as of "
+            "the day's end (backfilled day), 'none' (popularity fallback).",
         ),
     },
     checks=[
         pa.Check(lambda df: ~df.duplicated(["date", "user_id", "rank"]), name="one_item_per_rank"),
         pa.Check(lambda df: ~df.duplicated(["date", "user_id", "item_id"]), name="no_repeated_item"),
+        pa.Check(
+            lambda df: (df["ranker"] == CHAMPION_RANKER) == df["model_version"].notna(),
+            name="model_version_iff_champion",
+        ),
+        pa.Check(
+            lambda df: df.groupby("user_id")["rank"].transform("max") == df.groupby("user_id")["rank"]
+            .transform("size"),
+            name="ranks_are_dense",
+        ),
     ],
     strict=True,
     name="batch_recommendations",

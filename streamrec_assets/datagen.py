@@ -11,6 +11,12 @@ The files are written through :class:`streamrec_assets.landing.Landing` (the
 landing zone's layout and completion marker are the pipeline's contract, see
 that module).
 
+Each generated day also gets the landing zone's optional *reference*
+(``reference/date=D/reference.parquet``, :func:`reference_scores`): the hidden affinity of
+every (user, item) pair impressed on the day and of each active user's
+:data:`REFERENCE_TOP_K` best items released by then. The pipeline's evaluation takes its
+``oracle`` from it and never rebuilds the world; the event files do not depend on it.
+
 Event lines (one JSON object per line, sorted by ``event_timestamp``)::
 
     {"event_id":"ev-20260101-00000042","user_id":12,"item_id":7,"event_type":"play",
@@ -564,7 +570,18 @@ class DayStats:
     duplicates: int = 0
 
 
-def _generate_day(
+@dataclass
+class _SimulatedDay:
+    """A day's valid events before they are written out, and the generator state that writes them."""
+
+    day: str
+    rng: np.random.Generator
+    ev: dict[str, np.ndarray]
+    n_dup: int
+    n_mal: int
+
+
+def _simulate_day(
     world: World,
     day: str,
     events_per_day: int,
@@ -572,7 +589,7 @@ def _generate_day(
     malformed_rate: float = 0.002,
     duplicate_rate: float | None = None,
     drift: Drift | None = None,
-) -> tuple[bytes, DayStats]:
+) -> _SimulatedDay:
     if not 0.0 <= malformed_rate < 0.5:
         raise ValueError("malformed_rate must be within [0, 0.5)")
     if duplicate_rate is None:
@@ -584,7 +601,12 @@ def _generate_day(
     total = int(events_per_day)
     n_dup = int(round(total * duplicate_rate))
     n_mal = int(round(total * malformed_rate))
-    ev = _simulate(world, day, total - n_dup, rng, drift)
+    return _SimulatedDay(day, rng, _simulate(world, day, total - n_dup, rng, drift), n_dup, n_mal)
+
+
+def _encode_day(sim: _SimulatedDay) -> tuple[bytes, DayStats]:
+    """The gzip bytes of a simulated day: its lines, the malformed ones and the duplicates."""
+    day, rng, ev, n_dup, n_mal = sim.day, sim.rng, sim.ev, sim.n_dup, sim.n_mal
     stats = DayStats()
     if not ev:
         return _gzip(b""), stats
@@ -617,6 +639,18 @@ def _generate_day(
     return _gzip("\n".join(lines).encode()), stats
 
 
+def _generate_day(
+    world: World,
+    day: str,
+    events_per_day: int,
+    seed: int,
+    malformed_rate: float = 0.002,
+    duplicate_rate: float | None = None,
+    drift: Drift | None = None,
+) -> tuple[bytes, DayStats]:
+    return _encode_day(_simulate_day(world, day, events_per_day, seed, malformed_rate, duplicate_rate, drift))
+
+
 def generate_day(
     world: World,
     day: str,
@@ -629,6 +663,90 @@ def generate_day(
     """Gzip bytes of one day's JSON-lines event file (deterministic, see module doc; ``drift``: the
     behaviour of the drift scenario, e.g. :data:`DRIFT`)."""
     return _generate_day(world, day, events_per_day, seed, malformed_rate, duplicate_rate, drift)[0]
+
+
+# --------------------------------------------------------------------------- reference (oracle)
+# The landing zone's optional per-day reference (streamrec_assets.landing): the hidden affinity of
+# the pairs the evaluation's oracle needs, so that the pipeline never rebuilds the world.
+
+#: Items per active user in a day's reference (by hidden affinity, among items released by then):
+#: the oracle's Recall@100 list needs 100, the rest leaves room for excluded items.
+REFERENCE_TOP_K = 200
+_REFERENCE_CELLS = 4_000_000  # (user, item) affinities scored at once: ~32 MB of float64
+
+
+def _released_by_genre(world: World, day: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indexes of the items released on or before ``day``, grouped by genre, and each genre's bounds."""
+    released = np.flatnonzero(world._release_ord <= _ordinal(day))
+    released = released[np.argsort(world._genre[released], kind="stable")]
+    return released, np.searchsorted(world._genre[released], np.arange(len(GENRES) + 1))
+
+
+def _selection_scores(world: World, users_idx: np.ndarray, released: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Affinity of ``users_idx`` x ``released`` (grouped by genre) as one matrix product, to *select*
+    the top items (rounding may differ from :meth:`World._affinity_idx` in the last bits)."""
+    score = world._user_vec[users_idx] @ world._item_vec[released].T
+    score *= 0.9
+    score += 0.5 * world._quality[released]
+    genre_pref = 0.6 * np.log(len(GENRES) * world._taste[users_idx] + 0.05)
+    for g in range(len(GENRES)):
+        score[:, bounds[g] : bounds[g + 1]] += genre_pref[:, g : g + 1]
+    return score
+
+
+def _chunk_pairs(
+    score: np.ndarray, users_idx: np.ndarray, released: np.ndarray, k: int, pairs: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` items of each user (rows of ``score``, columns ``released``) plus the given
+    ``pairs`` (user, item, column of the item in ``score`` or -1) of these users not among them."""
+    top = np.argpartition(score, released.size - k, axis=1)[:, released.size - k :]
+    in_top = np.zeros(score.shape, bool)
+    np.put_along_axis(in_top, top, True, axis=1)
+    pair_u, pair_i, col = pairs
+    extra = col < 0
+    extra[~extra] = ~in_top[np.searchsorted(users_idx, pair_u[~extra]), col[~extra]]
+    u = np.concatenate([np.repeat(users_idx, k), pair_u[extra]])
+    i = np.concatenate([released[top].ravel(), pair_i[extra]])
+    order = np.argsort(u, kind="stable")
+    return u[order], i[order]
+
+
+def reference_scores(world: World, day: str, pair_users, pair_items, k: int = REFERENCE_TOP_K) -> pd.DataFrame:
+    """A day's reference: ``user_id, item_id, score`` (the hidden affinity), one row per pair.
+
+    The pairs are the given ones (the day's impressions) and, for every user among them, the
+    ``k`` items of highest affinity among those released on or before ``day``. Users are
+    scored against every released item in chunks (at most ``_REFERENCE_CELLS`` scores at once);
+    rows are grouped by user (ascending)."""
+    keys = np.sort(
+        world._index(pair_users, world.n_users, "user") * world.n_items
+        + world._index(pair_items, world.n_items, "item")
+    )
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
+    pair_u, pair_i = np.divmod(keys, world.n_items)
+    released, bounds = _released_by_genre(world, day)
+    k = min(int(k), released.size)
+    u, i = pair_u, pair_i
+    if k:
+        col = np.full(world.n_items, -1, np.int64)
+        col[released] = np.arange(released.size)
+        users = pair_u[np.r_[True, pair_u[1:] != pair_u[:-1]]] if pair_u.size else pair_u
+        step = max(1, _REFERENCE_CELLS // released.size)
+        parts = []
+        for start in range(0, users.size, step):
+            chunk = users[start : start + step]
+            lo, hi = np.searchsorted(pair_u, chunk[0]), np.searchsorted(pair_u, chunk[-1], side="right")
+            score = _selection_scores(world, chunk, released, bounds)
+            parts.append(_chunk_pairs(score, chunk, released, k, (pair_u[lo:hi], pair_i[lo:hi], col[pair_i[lo:hi]])))
+        u = np.concatenate([pair_u[:0], *(p[0] for p in parts)])
+        i = np.concatenate([pair_i[:0], *(p[1] for p in parts)])
+    return pd.DataFrame({"user_id": u + 1, "item_id": i + 1, "score": world._affinity_idx(u, i)})
+
+
+def _day_reference(world: World, sim: _SimulatedDay) -> pd.DataFrame:
+    if not sim.ev:
+        return reference_scores(world, sim.day, [], [])
+    return reference_scores(world, sim.day, sim.ev["user"], sim.ev["item"])
 
 
 # --------------------------------------------------------------------------- landing zone
@@ -665,6 +783,49 @@ def generation_params(
     }
 
 
+def _day_summary(day: str, data_uri: str, t0: float, marker, stats: DayStats | None, reference: bool) -> dict:
+    return {
+        "date": day,
+        "records": marker.records,
+        "seconds": time.perf_counter() - t0,
+        "skipped": stats is None,
+        "path": data_uri,
+        "sha256": marker.sha256,
+        "malformed": None if stats is None else sum(stats.malformed.values()),
+        "duplicates": None if stats is None else stats.duplicates,
+        "reference": reference,
+    }
+
+
+def _deliver_day(zone, world: World, day: str, day_params: dict, drift: Drift | None, force: bool) -> dict:
+    """Generate one day into the landing zone (reference, then events and marker), or skip it."""
+    t0 = time.perf_counter()
+    data_uri = str(zone.events_path(day))
+
+    def simulate() -> _SimulatedDay:
+        return _simulate_day(
+            world, day, day_params["events_per_day"], day_params["seed"], day_params["malformed_rate"],
+            day_params["duplicate_rate"], drift,
+        )
+
+    # A day is skipped only when its marker holds the same parameters *and* the file still
+    # matches the marker's sha256: a truncated or replaced file is regenerated.
+    cached = None if force else zone.verify_cached(day, day_params)
+    if cached is not None:
+        # A landing zone generated before references existed gains them without new events
+        # (the simulation is deterministic; no line is formatted or compressed).
+        missing = not zone.has_reference(day)
+        if missing:
+            zone.write_reference(day, _day_reference(world, simulate()))
+        return _day_summary(day, data_uri, t0, cached, None, missing)
+    sim = simulate()
+    # The reference first: a day whose marker is visible has its reference.
+    zone.write_reference(day, _day_reference(world, sim))
+    data, stats = _encode_day(sim)
+    marker = zone.write_day(day, data, stats.records, day_params)
+    return _day_summary(day, data_uri, t0, marker, stats, True)
+
+
 def generate(
     landing: str,
     start: str,
@@ -678,15 +839,18 @@ def generate(
     duplicate_rate: float | None = None,
     drift_from: str | None = None,
 ) -> list[dict]:
-    """Write the catalogue and one event file + ``_SUCCESS`` marker per day of ``[start, end]``.
+    """Write the catalogue and, per day of ``[start, end]``, the reference, one event file and its
+    ``_SUCCESS`` marker.
 
     ``drift_from``: the drift scenario (:data:`DRIFT`) from that day on; days before it, and
     every day of a run without it, are byte-identical to the default generation.
 
     A day is skipped when its data file exists and its marker holds identical
-    generation parameters, unless ``force``.  Returns one summary per day:
-    ``{"date", "records", "seconds", "skipped", "path", "sha256", "malformed", "duplicates"}``
-    (``malformed``/``duplicates`` are None for skipped days).
+    generation parameters, unless ``force``; a skipped day without a reference gets one.
+    The reference (:func:`reference_scores`, landing zone ``reference/``) is the oracle's input
+    to the offline evaluation. Returns one summary per day: ``{"date", "records", "seconds",
+    "skipped", "path", "sha256", "malformed", "duplicates", "reference"}`` (``malformed`` /
+    ``duplicates`` are None for skipped days; ``reference``: whether it was written).
     """
     from streamrec_assets.core.dates import day_range
     from streamrec_assets.landing import Landing
@@ -702,41 +866,7 @@ def generate(
     zone = Landing(landing)
     out = []
     for day in days:
-        t0 = time.perf_counter()
-        data_uri = str(zone.events_path(day))
         drifted = drift_from is not None and day >= drift_from
         day_params = {**params, "drift_from": drift_from} if drifted else params
-        # A day is skipped only when its marker holds the same parameters *and* the file still
-        # matches the marker's sha256: a truncated or replaced file is regenerated.
-        cached = None if force else zone.verify_cached(day, day_params)
-        if cached is not None:
-            out.append(
-                {
-                    "date": day,
-                    "records": cached.records,
-                    "seconds": time.perf_counter() - t0,
-                    "skipped": True,
-                    "path": data_uri,
-                    "sha256": cached.sha256,
-                    "malformed": None,
-                    "duplicates": None,
-                }
-            )
-            continue
-        data, stats = _generate_day(
-            world, day, events_per_day, seed, malformed_rate, params["duplicate_rate"], DRIFT if drifted else None
-        )
-        marker = zone.write_day(day, data, stats.records, day_params)
-        out.append(
-            {
-                "date": day,
-                "records": stats.records,
-                "seconds": time.perf_counter() - t0,
-                "skipped": False,
-                "path": data_uri,
-                "sha256": marker.sha256,
-                "malformed": sum(stats.malformed.values()),
-                "duplicates": stats.duplicates,
-            }
-        )
+        out.append(_deliver_day(zone, world, day, day_params, DRIFT if drifted else None, force))
     return out

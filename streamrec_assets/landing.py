@@ -8,6 +8,8 @@ synthetic generator writes it through the same class. Layout::
                                          release_date str
     <landing>/events/date=YYYY-MM-DD/events-YYYY-MM-DD.jsonl.gz   JSON Lines, gzip (or plain)
     <landing>/events/date=YYYY-MM-DD/_SUCCESS                     the completion marker
+    <landing>/reference/date=YYYY-MM-DD/reference.parquet         optional: user_id int64,
+                                                                  item_id int64, score float64
 
 The completion marker is written *after* the data file and is JSON::
 
@@ -19,6 +21,16 @@ against its marker (:meth:`Landing.read_delivery`): same sha256, same number of
 records, a complete compressed stream. Any mismatch is a
 :class:`~streamrec_assets.errors.DeliveryError` naming the file, the day, and the
 expected and found figures; it is never retried (the same bytes give the same error).
+
+The *reference* of a day is optional and not part of the delivery contract: a data source
+that knows the true preferences behind its events (the synthetic generator: its hidden
+user x item affinity) may leave one, real exports have none. It holds scores of (user, item)
+pairs, higher = better: the generator writes every pair impressed on the day and, for each
+user active on the day, the top items among those released by then. Ingest
+(``raw_events``) never reads it and a day is delivered without it; only the offline
+evaluation uses it, as the ``oracle`` method (:mod:`streamrec_assets.core.reference`), and
+leaves the oracle out when the day has none. It is written atomically; a day's reference
+may appear before or after its events.
 """
 
 from __future__ import annotations
@@ -45,6 +57,9 @@ if TYPE_CHECKING:
     from upath import UPath
 
 MARKER_NAME = "_SUCCESS"
+REFERENCE_NAME = "reference.parquet"
+#: Columns (and dtypes) of a day's reference file.
+REFERENCE_COLUMNS = {"user_id": "int64", "item_id": "int64", "score": "float64"}
 CATALOGS = ("users", "items")
 GZIP_MAGIC = b"\x1f\x8b"
 #: Metadata key of the catalogue assets: the fingerprint of the catalogue files they were read
@@ -59,6 +74,10 @@ def events_relpath(day: str) -> str:
 
 def marker_relpath(day: str) -> str:
     return f"events/date={day}/{MARKER_NAME}"
+
+
+def reference_relpath(day: str) -> str:
+    return f"reference/date={day}/{REFERENCE_NAME}"
 
 
 def catalog_relpath(name: str) -> str:
@@ -162,6 +181,9 @@ class Landing:
     def catalog_path(self, name: str) -> UPath:
         return self.path(catalog_relpath(name))
 
+    def reference_path(self, day: str) -> UPath:
+        return self.path(reference_relpath(day))
+
     # -- reading ------------------------------------------------------------------------------------
     def is_complete(self, day: str) -> bool:
         """True when the day's file and its completion marker are both present."""
@@ -256,6 +278,31 @@ class Landing:
                 location=str(path),
             ) from exc
 
+    def has_reference(self, day: str) -> bool:
+        return path_exists(self.reference_path(day))
+
+    def read_reference(self, day: str) -> pd.DataFrame | None:
+        """The day's optional reference (``user_id, item_id, score``), or None when it has none."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        path = self.reference_path(day)
+        data = read_bytes(path)
+        if data is None:
+            return None
+        try:
+            frame = pq.read_table(io.BytesIO(data), columns=list(REFERENCE_COLUMNS)).to_pandas()
+        except Exception as exc:  # pyarrow raises ArrowInvalid and friends for a broken file
+            raise DeliveryError(
+                f"The reference of day {day} ({path}) is not a readable Parquet file with columns "
+                f"{list(REFERENCE_COLUMNS)}: {type(exc).__name__}: {exc}. Delete it (it is optional) or "
+                "regenerate it.",
+                partition=day,
+                location=str(path),
+            ) from exc
+        return frame.astype(REFERENCE_COLUMNS)
+
     # -- writing (the upstream export; here the synthetic generator) ----------------------------------
     def write_day(self, day: str, data: bytes, records: int, params: dict | None = None) -> Marker:
         """Deliver one day: the data file first, then its marker (readers wait for the marker)."""
@@ -274,6 +321,14 @@ class Landing:
             return None
         data = read_bytes(self.events_path(day))
         return marker if data is not None and sha256(data) == marker.sha256 else None
+
+    def write_reference(self, day: str, frame: pd.DataFrame) -> int:
+        """Write the day's optional reference (``user_id, item_id, score``) atomically; returns its size."""
+        missing = set(REFERENCE_COLUMNS) - set(frame.columns)
+        if missing:
+            raise ValueError(f"a reference needs the columns {list(REFERENCE_COLUMNS)}; missing {sorted(missing)}")
+        table = frame[list(REFERENCE_COLUMNS)].astype(REFERENCE_COLUMNS).reset_index(drop=True)
+        return write_bytes(parquet_bytes(table), self.reference_path(day))
 
     def write_catalog(self, name: str, df: pd.DataFrame) -> bool:
         """Write a catalogue unless an identical file is there; True when written."""

@@ -51,6 +51,8 @@ class LandingZone(S3Access):
     `events/date=YYYY-MM-DD/`: one JSON Lines file of events per day (gzip or plain) and its
     completion marker `_SUCCESS` (sha256 and record count); a day is ingested only once the
     marker is present and matches the file. `catalog/`: the users and items catalogues (Parquet).
+    `reference/date=YYYY-MM-DD/reference.parquet`: optional, outside the delivery contract: the data
+    source's reference scores of the day (the generator's hidden affinity; real data has none).
     Read-only for the pipeline (layout: streamrec_assets.landing).
     """
 
@@ -88,6 +90,10 @@ class LandingZone(S3Access):
     def read_catalog(self, name: str) -> pd.DataFrame:
         """``name`` is ``users`` or ``items``."""
         return self.landing().read_catalog(name)
+
+    def read_reference(self, day: str) -> pd.DataFrame | None:
+        """The day's optional reference scores (``user_id, item_id, score``), None when the source has none."""
+        return self.landing().read_reference(day)
 
 
 class Storage(S3Access):

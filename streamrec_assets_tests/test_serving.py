@@ -66,7 +66,7 @@ def _candidates(users: pd.DataFrame, items: pd.DataFrame, per_user: int = 8) -> 
     rows = []
     for u in users["user_id"]:
         picked = rng.choice(items["item_id"].to_numpy(), size=per_user, replace=False)
-        rows += [(u, i, float(per_user - r), "covis" if r < 3 else "popular") for r, i in enumerate(picked)]
+        rows += [(u, i, float(per_user - r), "retrieval" if r < 3 else "popularity") for r, i in enumerate(picked)]
     return pd.DataFrame(rows, columns=["user_id", "item_id", "retrieval_score", "source"])
 
 
@@ -169,16 +169,35 @@ def test_sliced_vectorised_scoring_equals_per_pair_scoring(slice_rows):
 
     batch_recommendations_schema.validate(table)
     assert (table.groupby("user_id")["rank"].max() == 5).all()
+    assert set(table["ranker"]) == {"champion"} and set(table["model_version"]) == {3}
 
 
-def test_without_a_model_recommendations_keep_the_retrieval_order():
+def test_without_a_model_recommendations_rank_by_popularity():
+    """Changed on purpose (issue "Recommendations a product would ship"): without a champion the
+    documented fallback ranks the candidates by popularity (it used to keep the retrieval order)."""
     items, users = _catalogs()
     cands = _candidates(users, items)
-    got = recommend(cands, None, items, users, AS_OF, None, k=3)
-    expected = cands.groupby("user_id").head(3)
+    popularity = pd.DataFrame({"item_id": items["item_id"][::-1].to_numpy(), "plays": np.arange(len(items))[::-1]})
+    got = recommend(cands, None, items, users, AS_OF, None, k=3, popularity=popularity)
+    plays = popularity.set_index("item_id")["plays"]
+    expected = (
+        cands.assign(plays=cands["item_id"].map(plays))
+        .sort_values(["user_id", "plays", "item_id"], ascending=[True, False, True], kind="stable")
+        .groupby("user_id")
+        .head(3)
+    )
     assert got["item_id"].tolist() == expected["item_id"].tolist()
     assert got["candidate_source"].tolist() == expected["source"].tolist()
-    assert got["score"].tolist() == retrieval_order_scores(expected)["score"].tolist()
+    assert got["score"].tolist() == expected["plays"].astype(float).tolist()
+    with pytest.raises(ValueError, match="popularity"):
+        recommend(cands, None, items, users, AS_OF, None, k=3)
+    table = recommendation_table(got, "2026-01-10", None, "none")
+    assert set(table["ranker"]) == {"popularity"} and table["model_version"].isna().all()
+    from streamrec_assets.contracts import batch_recommendations_schema
+
+    batch_recommendations_schema.validate(table)
+    order = retrieval_order_scores(cands)
+    assert (order.groupby("user_id")["score"].first() == 0).all()
 
 
 def test_feature_source_online_for_the_newest_feature_day_offline_for_backfills():
@@ -198,14 +217,21 @@ def _tables(settings):
 
 
 def _day_candidates(settings, day: str):
+    """The day's candidates as the asset makes them (default exclusion policy, consumption of [D-28, D])."""
     from streamrec_assets.assets.retrieval import N_CANDIDATES, load_retrieval
+    from streamrec_assets.assets.serving import ConsumptionWindow
+    from streamrec_assets.core.serving import consumption_days
+    from streamrec_assets_tests.conftest import START
 
     storage = _tables(settings)
     tables = storage.tables()
-    events = tables.reader("raw_events", [day]).read(day)
+    window = [d for d in consumption_days(day) if d >= START]
+    raw = tables.reader("raw_events", window)
+    events = raw.read(day)
     items = tables.read_table("item_catalog")
     users = tables.read_table("user_catalog")
-    cands, _, as_of = serving_candidates(load_retrieval(storage, day), events, items, day, N_CANDIDATES)
+    consumed = ConsumptionWindow(raw, items).window(window, pd.unique(events["user_id"]))
+    cands, _, as_of = serving_candidates(load_retrieval(storage, day), events, items, day, N_CANDIDATES, consumed)
     return cands, items, users, as_of
 
 

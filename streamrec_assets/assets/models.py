@@ -7,7 +7,6 @@ files in their own formats (XGBoost UBJSON) published with the partition's model
 card (``data.parquet``) in one write-audit-publish transaction.
 """
 
-import functools
 import hashlib
 import json
 
@@ -167,10 +166,11 @@ class EvaluationConfig(dg.Config):
     code_version="1",
     automation_condition=EAGER_GATED,
     freshness_policy=MODELS_FRESHNESS,
-    description="Hold-out evaluation on day D vs a popularity baseline and the generator's oracle (hidden "
-    "affinity): NDCG@20 of the ranking of each user's logged impressions of D (graded labels), Recall@100 "
-    "of the retrieval candidates against D's plays. The value is the metrics table (one row per day and "
-    "method); the scored slates are kept next to it for the registry's promotion gate.",
+    description="Hold-out evaluation on day D vs a popularity baseline and an oracle: the data source's "
+    "reference ranking (the generator's hidden affinity), when the landing zone provides one for D; without "
+    "it the oracle rows are left out. NDCG@20 of the ranking of each user's logged impressions of D (graded "
+    "labels), Recall@100 of the retrieval candidates against D's plays. The value is the metrics table (one "
+    "row per day and method); the scored slates are kept next to it for the registry's promotion gate.",
 )
 def model_evaluation(
     context: dg.AssetExecutionContext,
@@ -189,7 +189,6 @@ def model_evaluation(
         beats_popularity,
         evaluation_table,
         impression_slates,
-        oracle_ranking,
         popularity_ranking,
         relevance_of_day,
         sample_users,
@@ -238,16 +237,17 @@ def model_evaluation(
             "ours": ranked_candidates(cands),
             "popularity": popularity_ranking(retrieval.popularity, users, allowed, N_CANDIDATES),
         }
-        world = _oracle_world(landing, day)
-        if world is not None:
-            oracle = slates[["user_id", "item_id"]].assign(score=world.affinity(slates["user_id"], slates["item_id"]))
-            ranking["oracle"] = rank_by_score(oracle, N_CANDIDATES)
-            retrieval_lists["oracle"] = oracle_ranking(world.affinity, users, allowed, N_CANDIDATES)
+        oracle = _oracle_lists(context, landing, day, slates, users, allowed)
+        if oracle is not None:
+            ranking["oracle"], retrieval_lists["oracle"] = oracle
         table = evaluation_table(ranking, slates, retrieval_lists, plays).assign(
             date=day, model_sha256=card["model_sha256"]
         )
         metrics = table[list(_empty_metrics().columns)]
-        meta = day_metadata(metrics, preview_rows=len(METHODS), evaluated=True, **_metric_metadata(table))
+        meta = day_metadata(
+            metrics, preview_rows=len(METHODS), evaluated=True, oracle_reference=oracle is not None,
+            **_metric_metadata(table),
+        )
         meta["metrics"] = dg.MetadataValue.md(
             table.drop(columns=["model_sha256"]).to_markdown(index=False, floatfmt=".4f")
         )
@@ -316,18 +316,29 @@ def _lift_check(verdict: LiftVerdict) -> dg.AssetCheckResult:
     )
 
 
-def _oracle_world(landing: LandingZone, day: str):
-    """The generator's world for the day (None for real data without generator parameters)."""
-    marker = landing.read_marker(day)
-    params = marker.params if marker is not None else {}
-    if not {"seed", "users", "items"} <= set(params):
+def _oracle_lists(
+    context: dg.AssetExecutionContext,
+    landing: LandingZone,
+    day: str,
+    slates: pd.DataFrame,
+    users,
+    allowed,
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The oracle's ordering of the slates and its top-100 list per user, from the data source's
+    reference of the day (:mod:`streamrec_assets.core.reference`); None when the landing zone has
+    none (real data) or an unreadable one (it is optional: the evaluation goes on without it)."""
+    from streamrec_assets.core.metrics import rank_by_score
+    from streamrec_assets.core.reference import reference_ranking, slate_scores
+    from streamrec_assets.errors import DeliveryError
+
+    try:
+        reference = landing.read_reference(day)
+    except DeliveryError as exc:
+        context.log.warning(f"{day}: the oracle is left out: {exc}")
         return None
-    return _world(int(params["seed"]), int(params["users"]), int(params["items"]))
-
-
-@functools.lru_cache(maxsize=4)
-def _world(seed: int, users: int, items: int):
-    from streamrec_assets import datagen
-
-    return datagen.World.build(seed, users, items)
-
+    if reference is None:
+        return None
+    scores, missing = slate_scores(slates, reference)
+    if missing:
+        context.log.warning(f"{day}: the reference lacks {missing} of {len(scores)} slate pairs; ranked last")
+    return rank_by_score(scores, N_CANDIDATES), reference_ranking(reference, users, N_CANDIDATES, allowed)

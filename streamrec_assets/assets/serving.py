@@ -1,32 +1,51 @@
-"""Group ``serving``: batch recommendations from the champion model and Feast features.
+"""Group ``serving``: batch recommendations for every active user, from day one.
 
-Every active user of a day is scored in vectorised batches (:mod:`streamrec_assets.core.serving`):
-the features of the distinct users and of the distinct candidate items are read once
-each (online store for the newest feature day, offline as-of features for a backfilled
-day) and joined onto the candidate pairs. The per-user latency of the online store is
-measured apart, on a sample of users, one request each.
+Every active user of a day gets :data:`~streamrec_assets.core.serving.TOP_K` items
+(:mod:`streamrec_assets.core.serving`): retrieval candidates with a popularity fallback (a pool
+exists on the first day of history too), minus what the exclusion policy removes from the
+user's consumption of ``[D-28, D]`` (``ServingConfig.exclude``, default ``completed``), ranked
+by the registry's champion *as of D* (the latest recorded promotion of a version registered on
+or before D: a re-materialised day is scored by the same version) or, before any promotion, by
+popularity (``ranker = popularity``, ``model_version`` null). The champion's features are read
+once per distinct user and item (online store for the newest feature day, offline as-of
+features for a backfilled day) and joined onto the candidate pairs; the per-user latency of the
+online store is measured apart, on a sample of users, one request each.
 """
 
 import time
+from typing import Literal
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from streamrec_assets.assets.common import DayResult, contract_check_spec, day_metadata, run_days
+from streamrec_assets.assets.common import (
+    DayResult,
+    contract_check_spec,
+    day_metadata,
+    run_days,
+)
 from streamrec_assets.assets.retrieval import N_CANDIDATES
 from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
-from streamrec_assets.core.serving import OFFLINE, ONLINE, TOP_K
+from streamrec_assets.core.serving import CONSUMPTION_WINDOW_DAYS, OFFLINE, ONLINE, TOP_K
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import FeastResource, MLflowResource, Storage
 from streamrec_assets.storage import PartitionReader
 
 ASSET = "batch_recommendations"
 EVENT_COLUMNS = ["user_id", "item_id", "event_type", "event_timestamp"]
+#: Day D reads the raw events of its consumption window [D-28, D] (the exclusion policy).
+CONSUMPTION_MAPPING = dg.TimeWindowPartitionMapping(start_offset=-CONSUMPTION_WINDOW_DAYS, end_offset=0)
+CHAMPION_RULE = "latest recorded promotion (tag streamrec.promotion) of a version whose partition tag is <= D"
 
 
 class ServingConfig(dg.Config):
+    exclude: Literal["completed", "played", "none"] = Field(
+        default="completed",
+        description="Already-consumed items kept out of a user's list (consumption of [D-28, D]): 'completed' "
+        "(default; partially watched items stay eligible, labelled continue_watching), 'played' (every item "
+        "played) or 'none'. model_evaluation applies the same policy.",
+    )
     latency_sample_users: int = Field(
         default=200, ge=0, description="Users whose online lookup is timed, one request per user (outside scoring)."
     )
@@ -44,15 +63,24 @@ class ServingConfig(dg.Config):
     kinds={"mlflow", "feast", "parquet"},
     partitions_def=daily_partitions,
     backfill_policy=single_run,
+    ins={"raw_events": dg.AssetIn(partition_mapping=CONSUMPTION_MAPPING)},
     deps=["registered_model", "feast_feature_views", "retrieval_model"],
-    check_specs=[contract_check_spec(ASSET)],
+    check_specs=[
+        contract_check_spec(
+            ASSET,
+            "The table satisfies its contract (streamrec_assets.contracts.batch_recommendations_schema): "
+            "every active user's list ranked 1..n without repeats, a known "
+            "candidate_source and ranker, a model_version exactly when the champion ranked.",
+        )
+    ],
     retry_policy=STORAGE_RETRY,
     automation_condition=EAGER_GATED,
     freshness_policy=MODELS_FRESHNESS,
-    code_version="2",
-    description="Top-20 items for each user active on day D (to serve on D+1): the registry's champion "
-    "ranker over retrieval candidates, with features from the Feast online store (offline as-of features "
-    "for a backfilled day), scored in vectorised batches.",
+    code_version="3",
+    description="Top-20 items for each user active on day D (to serve on D+1), from day one: retrieval "
+    "candidates with a popularity fallback, minus the items the exclusion policy removes (default: completed "
+    "in [D-28, D]), ranked by the registry's champion as of D (popularity before the first promotion), with "
+    "features from the Feast online store (offline as-of features for a backfilled day).",
 )
 def batch_recommendations(
     context: dg.AssetExecutionContext,
@@ -66,6 +94,8 @@ def batch_recommendations(
 ):
     from streamrec_assets.assets.retrieval import load_retrieval
     from streamrec_assets.core.serving import (
+        CANDIDATE_SOURCES,
+        consumption_days,
         feature_source,
         lookup_entities,
         recommend,
@@ -74,62 +104,132 @@ def batch_recommendations(
     )
     from streamrec_assets.feature_repo import feature_refs
 
-    model_bytes, model_version = _champion(context, mlflow)
-    store = feast.store() if model_bytes is not None else None
-    refs = feature_refs(store) if store is not None else []
+    champions = ChampionAsOf(context, mlflow)
+    feast_store: dict = {}
     online_day = _online_day(context)
+    consumed_by = ConsumptionWindow(raw_events, item_catalog)
+
+    def store_and_refs():
+        if not feast_store:
+            store = feast.store()
+            feast_store.update(store=store, refs=feature_refs(store))
+        return feast_store["store"], feast_store["refs"]
 
     def compute(day: str) -> DayResult:
         t0 = time.perf_counter()
+        version, model_bytes, champion = champions.as_of(day)
         events = raw_events.read(day, EVENT_COLUMNS)
-        cands, users, as_of = serving_candidates(load_retrieval(storage, day), events, item_catalog, day, N_CANDIDATES)
+        users_today = pd.unique(events["user_id"])
+        window = consumption_days(day)
+        consumed = consumed_by.window(window, users_today)
+        retrieval = load_retrieval(storage, day)
+        cands, users, as_of = serving_candidates(
+            retrieval, events, item_catalog, day, N_CANDIDATES, consumed, config.exclude
+        )
         t1 = time.perf_counter()
         source = feature_source(model_bytes is not None, day, online_day)
         entity_features = None
-        if source == ONLINE:
-            entity_features = lookup_entities(cands, refs, _online_lookup(store, config.batch_rows))
-        elif source == OFFLINE:
-            entity_features = lookup_entities(cands, refs, _offline_lookup(store, as_of))
+        if source in (ONLINE, OFFLINE):
+            store, refs = store_and_refs()
+            lookup = _online_lookup(store, config.batch_rows) if source == ONLINE else _offline_lookup(store, as_of)
+            entity_features = lookup_entities(cands, refs, lookup)
         t2 = time.perf_counter()
         top = recommend(cands, model_bytes, item_catalog, user_catalog, as_of, entity_features, TOP_K,
-                        config.score_rows)
-        recs = recommendation_table(top, day, model_version, source)
+                        config.score_rows, popularity=retrieval.popularity)
+        recs = recommendation_table(top, day, version, source)
         t3 = time.perf_counter()
+        per_user = recs.groupby("user_id").size()
+        served = recs["candidate_source"].value_counts()
         extra = {
             "users_active": int(len(users)),
             "users_covered": int(recs["user_id"].nunique()),
+            "users_with_top_k": int((per_user == TOP_K).sum()),
             "candidate_pairs": int(len(cands)),
-            "champion_version": int(model_version),
+            "ranker": "champion" if version is not None else "popularity",
+            "champion_version": int(version) if version is not None else -1,
+            "champion_partition": champion.partition if champion is not None else "",
+            "champion_rule": CHAMPION_RULE,
+            "alias_champion_version": champions.alias_version,
+            "exclude": config.exclude,
+            "consumption_window": f"{window[0]}..{window[-1]}",
+            "consumed_pairs": int(len(consumed)),
+            "consumed_completed_pairs": int(consumed["completed"].sum()),
+            **{f"served_{name}": int(served.get(name, 0)) for name in CANDIDATE_SOURCES},
             "feature_source": source,
             "seconds_candidates": round(t1 - t0, 3),
             "seconds_features": round(t2 - t1, 3),
             "seconds_scoring": round(t3 - t2, 3),
         }
         if source == ONLINE and config.latency_sample_users:
+            store, refs = store_and_refs()
             extra.update(_latency_sample(store, refs, cands, config.latency_sample_users))
-        return DayResult(tables={ASSET: recs}, metadata={ASSET: day_metadata(recs, preview_rows=10, **extra)})
+        return DayResult(
+            tables={ASSET: recs},
+            metadata={ASSET: day_metadata(recs, preview_rows=10, **extra)},
+        )
 
     yield from run_days(context, storage, [ASSET], compute)
 
 
-def _champion(context: dg.AssetExecutionContext, mlflow: MLflowResource) -> tuple[bytes | None, int]:
-    """The champion's XGBoost bytes and version from the registry alias (``None, 0`` before the first)."""
-    from mlflow import xgboost as mlflow_xgboost
-    from mlflow.exceptions import MlflowException
+class ChampionAsOf:
+    """The champion of each day by the as-of rule (:func:`~streamrec_assets.core.serving.champion_as_of`):
+    the registry's recorded decisions are read once per step, each version's bytes once."""
 
-    client = mlflow.client()
-    try:
-        champion = client.get_model_version_by_alias(mlflow.registered_model, "champion")
-    except MlflowException:
-        champion = None  # start of history: no model yet
-    if champion is None:
-        context.log.warning(
-            f"No champion version of {mlflow.registered_model} yet: recommending in retrieval order "
-            "(co-visitation, then popularity); model_version is 0."
-        )
-        return None, 0
-    booster = mlflow_xgboost.load_model(f"models:/{mlflow.registered_model}/{champion.version}")
-    return bytes(booster.save_raw(raw_format="ubj")), int(champion.version)
+    def __init__(self, context: dg.AssetExecutionContext, mlflow: MLflowResource) -> None:
+        from mlflow.exceptions import MlflowException
+
+        from streamrec_assets.core.serving import promotion_records
+
+        self.context, self.mlflow = context, mlflow
+        self.client = mlflow.client()
+        try:
+            self.records = promotion_records(self.client, mlflow.registered_model)
+        except MlflowException:
+            self.records = []  # no registered model yet: the start of history
+        try:
+            alias = self.client.get_model_version_by_alias(mlflow.registered_model, "champion")
+            self.alias_version = int(alias.version)
+        except MlflowException:
+            self.alias_version = -1  # for information only; the rows follow the as-of rule
+        self._bytes: dict[int, bytes] = {}
+
+    def as_of(self, day: str):
+        """``(version, model bytes, record)`` of the champion as of ``day``; ``(None, None, None)``
+        before the first promotion (the popularity fallback ranks)."""
+        from streamrec_assets.core.serving import champion_as_of
+
+        record = champion_as_of(self.records, day)
+        if record is None:
+            self.context.log.info(f"{day}: no promotion recorded on or before this day: ranking by popularity.")
+            return None, None, None
+        if record.version not in self._bytes:
+            from mlflow import xgboost as mlflow_xgboost
+
+            booster = mlflow_xgboost.load_model(f"models:/{self.mlflow.registered_model}/{record.version}")
+            self._bytes[record.version] = bytes(booster.save_raw(raw_format="ubj"))
+        return record.version, self._bytes[record.version], record
+
+
+class ConsumptionWindow:
+    """Each user's consumption of a window of days (plays, completed or not), every day read once
+    while a range walks forward; only the window's days are kept."""
+
+    def __init__(self, raw_events: PartitionReader, item_catalog: pd.DataFrame) -> None:
+        self.raw_events, self.items = raw_events, item_catalog
+        self._days: dict[str, pd.DataFrame] = {}
+
+    def window(self, days: list[str], users) -> pd.DataFrame:
+        from streamrec_assets.core.serving import CONSUMPTION_EVENT_COLUMNS, consumption, consumption_of_day
+
+        present = [d for d in days if d in set(self.raw_events.present)]
+        for day in present:
+            if day not in self._days:
+                events = self.raw_events.read(day, CONSUMPTION_EVENT_COLUMNS)
+                self._days[day] = consumption_of_day(events, self.items)
+        for day in list(self._days):
+            if day not in present:
+                del self._days[day]
+        return consumption((self._days[d] for d in present), users)
 
 
 def _online_day(context: dg.AssetExecutionContext) -> str | None:
@@ -143,7 +243,7 @@ def _online_lookup(store, batch_rows: int):
     from streamrec_assets.core.serving import in_batches
     from streamrec_assets.feature_repo import online_features
 
-    def lookup(key: str, ids: np.ndarray, refs: list[str]) -> pd.DataFrame:
+    def lookup(key: str, ids, refs: list[str]) -> pd.DataFrame:
         parts = [
             online_features(store, chunk if key == "user_id" else None, chunk if key == "item_id" else None, refs)
             for chunk in in_batches(ids, batch_rows)
@@ -157,7 +257,7 @@ def _offline_lookup(store, as_of: pd.Timestamp):
     """Entity lookups from the offline store: point-in-time features of the distinct ids as of ``as_of``."""
     from streamrec_assets.feature_repo import historical_features
 
-    def lookup(key: str, ids: np.ndarray, refs: list[str]) -> pd.DataFrame:
+    def lookup(key: str, ids, refs: list[str]) -> pd.DataFrame:
         return historical_features(store, pd.DataFrame({key: ids, "event_timestamp": as_of}), refs)
 
     return lookup
@@ -178,6 +278,6 @@ def _latency_sample(store, refs: list[str], cands: pd.DataFrame, n_users: int) -
     latency = latency_summary(latencies)
     return {
         "online_lookup_requests": latency["requests"],
-        "online_lookup_p50_ms": dg.MetadataValue.float(latency["p50_ms"]),
-        "online_lookup_p99_ms": dg.MetadataValue.float(latency["p99_ms"]),
+        "online_lookup_p50_ms": float(latency["p50_ms"]),
+        "online_lookup_p99_ms": float(latency["p99_ms"]),
     }

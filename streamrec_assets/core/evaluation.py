@@ -62,6 +62,81 @@ def oracle_ranking(
     return rank_by_score(pd.concat(frames, ignore_index=True), k)
 
 
+# ---------------------------------------------------------------- exclusion policy (Recall@100)
+
+
+def apply_exclusion(ranking: pd.DataFrame, excluded: pd.DataFrame | None, k: int) -> pd.DataFrame:
+    """``ranking`` (``user_id, item_id, rank``) without the ``excluded`` (user, item) pairs, the
+    rest moved up (ranks 1..k again) and cut at ``k``. Give it a list deep enough (``k`` plus the
+    user's exclusions, :func:`deepest_exclusion`) for every user to keep ``k`` items."""
+    if excluded is not None and len(excluded) and len(ranking):
+        index = pd.MultiIndex.from_frame(excluded[["user_id", "item_id"]].astype("int64"))
+        hit = index.get_indexer(pd.MultiIndex.from_frame(ranking[["user_id", "item_id"]].astype("int64"))) >= 0
+        ranking = ranking.loc[~hit]
+    ranking = ranking.sort_values(["user_id", "rank"], kind="stable")
+    ranking = ranking.assign(rank=ranking.groupby("user_id").cumcount() + 1)
+    return ranking.loc[ranking["rank"] <= k, ["user_id", "item_id", "rank"]].reset_index(drop=True)
+
+
+def deepest_exclusion(excluded: pd.DataFrame | None) -> int:
+    """The most (user, item) pairs any one user has excluded."""
+    if excluded is None or excluded.empty:
+        return 0
+    return int(excluded.groupby("user_id").size().max())
+
+
+def recall_lists(
+    retrieval,
+    users: np.ndarray,
+    allowed: np.ndarray,
+    excluded: pd.DataFrame | None = None,
+    k: int = RECALL_K,
+    affinity: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Each method's top-``k`` list per user, for Recall@k, under an exclusion policy: ``excluded``
+    (:func:`streamrec_assets.core.serving.excluded_pairs` of the users' consumption in
+    :func:`~streamrec_assets.core.serving.consumption_days` of the day before) never appears.
+
+    ``ours`` are the retrieval candidates exactly as serving makes them (the same
+    :func:`~streamrec_assets.core.retrieval.candidates` with the same exclusions); ``popularity``
+    and (with ``affinity``) ``oracle`` are filtered the same way (:func:`apply_exclusion`)."""
+    from streamrec_assets.core.retrieval import candidates
+
+    cands = candidates(retrieval, users, n=k, allowed_items=allowed, exclude_pairs=excluded)
+    deep = k + deepest_exclusion(excluded)
+    lists = {
+        "ours": cands.assign(rank=cands.groupby("user_id").cumcount() + 1)[["user_id", "item_id", "rank"]],
+        "popularity": apply_exclusion(popularity_ranking(retrieval.popularity, users, allowed, deep), excluded, k),
+    }
+    if affinity is not None:
+        lists["oracle"] = apply_exclusion(oracle_ranking(affinity, users, allowed, deep), excluded, k)
+    return lists
+
+
+def exclusion_effect(
+    with_policy: dict[str, pd.DataFrame],
+    without_policy: dict[str, pd.DataFrame],
+    plays: pd.DataFrame,
+    policy: str,
+    excluded: pd.DataFrame | None,
+    k: int = RECALL_K,
+) -> dict[str, float | int | str]:
+    """Metadata on the policy's effect on Recall@k: ``<prefix>recall_at_100`` under the policy and
+    ``<prefix>recall_at_100_no_exclusion`` without it (prefix ``''`` for ours, ``popularity_``,
+    ``oracle_``), plus the policy and the pairs it excluded."""
+    out: dict[str, float | int | str] = {
+        "exclude": policy,
+        "excluded_pairs": 0 if excluded is None else int(len(excluded)),
+        "users_with_exclusions": 0 if excluded is None or excluded.empty else int(excluded["user_id"].nunique()),
+    }
+    for method, prefix in (("ours", ""), ("popularity", "popularity_"), ("oracle", "oracle_")):
+        for lists, suffix in ((with_policy, ""), (without_policy, "_no_exclusion")):
+            if method in lists:
+                recall = recall_at_k(lists[method], plays, k)
+                out[f"{prefix}recall_at_{k}{suffix}"] = float(recall.mean()) if len(recall) else float("nan")
+    return out
+
+
 def impression_slates(examples: pd.DataFrame) -> pd.DataFrame:
     """Each user's logged slate of a day: one row per (user, item) impressed, best label as relevance.
 

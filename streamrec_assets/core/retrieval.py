@@ -215,13 +215,14 @@ def train_covisitation(
 
 
 def _covis_scores(
-    model: RetrievalModel, users: np.ndarray, pool: np.ndarray, n: int
+    model: RetrievalModel, users: np.ndarray, pool: np.ndarray, n: int, exclude_keys: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Top ``n`` co-visitation candidates (restricted to ``pool``) of each user in ``users`` (sorted).
 
     history ⋈ neighbors is expanded with numpy (neighbors as CSR rows per item) and summed per
-    (user, candidate), in chunks of about ``_CHUNK_ROWS`` joined rows. Returns, sorted by user
-    then rank: user index into ``users``, item id, score, 0-based rank.
+    (user, candidate), in chunks of about ``_CHUNK_ROWS`` joined rows. ``exclude_keys`` (sorted,
+    unique ``user index * len(pool) + position in sorted pool``) are dropped before ranking.
+    Returns, sorted by user then rank: user index into ``users``, item id, score, 0-based rank.
     """
     empty = (np.zeros(0, "int64"), np.zeros(0, "int64"), np.zeros(0, "float64"), np.zeros(0, "int64"))
     codes = np.sort(pool)
@@ -262,6 +263,9 @@ def _covis_scores(
         idx = h_start[rep] + (np.arange(len(rep)) - np.repeat(np.cumsum(cnt) - cnt, cnt))
         key, inverse = np.unique(h_uidx[rep] * n_codes + nb_code[idx], return_inverse=True)
         score = np.bincount(inverse, weights=nb_score[idx] * h_w[rep], minlength=len(key))
+        if exclude_keys is not None and len(exclude_keys):
+            keep = ~np.isin(key, exclude_keys, assume_unique=True)
+            key, score = key[keep], score[keep]
         uidx, code = key // n_codes, key % n_codes
         by = _argsort_rows(uidx, -score, code)
         pos = _position_in_group(uidx[by])
@@ -270,19 +274,38 @@ def _covis_scores(
     return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
 
 
+def _exclusions(
+    exclude_pairs: pd.DataFrame | None, users: np.ndarray, codes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(user index into users, item id)`` of ``exclude_pairs`` whose user and item are in play
+    (``users`` and ``codes`` sorted unique), deduplicated, sorted by user then item."""
+    if exclude_pairs is None or len(exclude_pairs) == 0 or len(codes) == 0:
+        return np.zeros(0, "int64"), np.zeros(0, "int64")
+    user = exclude_pairs["user_id"].to_numpy().astype("int64", copy=False)
+    item = exclude_pairs["item_id"].to_numpy().astype("int64", copy=False)
+    keep = np.isin(user, users) & np.isin(item, codes)
+    key = np.unique(np.searchsorted(users, user[keep]) * np.int64(len(codes)) + np.searchsorted(codes, item[keep]))
+    return key // len(codes), codes[key % len(codes)]
+
+
 def candidates(
     model: RetrievalModel,
     user_ids: Iterable[int] | np.ndarray,
     n: int = 100,
     exclude_unreleased: set[int] | None = None,
     allowed_items: np.ndarray | None = None,
+    exclude_pairs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Exactly ``min(n, available items)`` candidates per user: co-visitation first, then popularity.
 
     ``score(c) = Σ_h neighbors(h→c).score × (1 + ln plays(h))`` over the user's history
     items ``h``; top ``n`` by score (ties item_id asc), source ``'covis'``. The rest is
     filled from popularity order with items not already chosen (score 0, source
-    ``'popular'``); cold users get pure popularity. Already-played items are allowed.
+    ``'popular'``); cold users get pure popularity. Already-played items are allowed
+    unless ``exclude_pairs`` (``user_id, item_id``: an exclusion policy's consumed items,
+    :func:`streamrec_assets.core.serving.excluded_pairs`) names them for that user: they
+    are removed from both sources *before* the top ``n`` is taken, so the user still gets
+    ``n`` candidates when enough items remain.
     Available items are the popularity items in ``allowed_items`` (if given) and not in
     ``exclude_unreleased`` (if given); both restrictions apply to both sources.
 
@@ -301,17 +324,26 @@ def candidates(
         dtypes = ("int64", "int64", "float64", "object")
         return pd.DataFrame({c: pd.Series(dtype=d) for c, d in zip(CANDIDATE_COLUMNS, dtypes, strict=True)})
 
-    c_uidx, c_item, c_score, c_pos = _covis_scores(model, users, pool, n_eff)
+    codes = np.sort(pool)
+    x_uidx, x_item = _exclusions(exclude_pairs, users, codes)
+    x_count = np.bincount(x_uidx, minlength=len(users))
+    x_keys = x_uidx * np.int64(len(codes)) + np.searchsorted(codes, x_item)  # sorted: (user, code) order
+    c_uidx, c_item, c_score, c_pos = _covis_scores(model, users, pool, n_eff, x_keys)
+    wanted = np.minimum(n_eff, len(pool) - x_count)  # per user
 
-    # Popularity fill: users × top n_eff pool items, minus the covis picks.
-    top = pool[:n_eff]
-    taken = np.zeros((len(users), n_eff), dtype=bool)
-    p_idx = pd.Index(top).get_indexer(c_item)
+    # Popularity fill: users × the top pool items (enough to skip each user's exclusions), minus
+    # the covis picks and the excluded items.
+    top = pool[: min(len(pool), n_eff + int(x_count.max(initial=0)))]
+    taken = np.zeros((len(users), len(top)), dtype=bool)
+    top_index = pd.Index(top)
+    p_idx = top_index.get_indexer(c_item)
     in_top = p_idx >= 0
     taken[c_uidx[in_top], p_idx[in_top]] = True
+    x_idx = top_index.get_indexer(x_item)
+    taken[x_uidx[x_idx >= 0], x_idx[x_idx >= 0]] = True
     n_covis = np.bincount(c_uidx, minlength=len(users))
     fill_rank = np.cumsum(~taken, axis=1)  # 1-based rank among the free items
-    fill = ~taken & (fill_rank <= (n_eff - n_covis)[:, None])
+    fill = ~taken & (fill_rank <= (wanted - n_covis)[:, None])
     f_uidx, f_col = np.nonzero(fill)
     f_pos = n_covis[f_uidx] + fill_rank[f_uidx, f_col] - 1
 
