@@ -9,13 +9,14 @@ card (``data.parquet``) in one write-audit-publish transaction.
 
 import hashlib
 import json
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from streamrec_assets.assets.common import DayResult, check_spec, contract_check_spec, day_metadata, run_days
-from streamrec_assets.assets.retrieval import N_CANDIDATES, OK, ranked_candidates
+from streamrec_assets.assets.retrieval import N_CANDIDATES, OK
 from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
 from streamrec_assets.core.dates import day_offset, window_days
 from streamrec_assets.core.evaluation import METHODS, LiftVerdict
@@ -142,8 +143,18 @@ def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples:
     yield from run_days(context, storage, ["ranking_model"], compute)
 
 
+#: Hold-out day D reads the raw events of [D-29, D]: D's plays, and the consumption window [D-29, D-1]
+#: of the exclusion policy (the window serving uses on D-1).
+EVALUATION_CONSUMPTION_MAPPING = dg.TimeWindowPartitionMapping(start_offset=-29, end_offset=0)
+
+
 class EvaluationConfig(dg.Config):
     max_users: int = Field(default=2000, ge=1, description="Users evaluated per day (deterministic sample).")
+    exclude: Literal["completed", "played", "none"] = Field(
+        default="completed",
+        description="Exclusion policy of the Recall@100 lists, as batch_recommendations applies it: items the "
+        "user completed ('completed'), played ('played') in [D-29, D-1], or nothing ('none').",
+    )
 
 
 @dg.asset(
@@ -152,6 +163,7 @@ class EvaluationConfig(dg.Config):
     partitions_def=daily_partitions,
     backfill_policy=single_run,
     retry_policy=STORAGE_RETRY,
+    ins={"raw_events": dg.AssetIn(partition_mapping=EVALUATION_CONSUMPTION_MAPPING)},
     check_specs=[
         contract_check_spec("model_evaluation"),
         check_spec(
@@ -185,22 +197,25 @@ def model_evaluation(
     user_catalog: pd.DataFrame,
 ):
     from streamrec_assets.assets.retrieval import load_retrieval
+    from streamrec_assets.assets.serving import ConsumptionWindow
     from streamrec_assets.core.evaluation import (
         beats_popularity,
         evaluation_table,
+        exclusion_effect,
         impression_slates,
-        popularity_ranking,
+        recall_lists,
         relevance_of_day,
         sample_users,
     )
     from streamrec_assets.core.metrics import rank_by_score
     from streamrec_assets.core.ranking import score
-    from streamrec_assets.core.retrieval import candidates
+    from streamrec_assets.core.serving import consumption_days, excluded_pairs
     from streamrec_assets.core.training import add_context_features, label_impressions
     from streamrec_assets.feature_repo import historical_features
 
     store = feast.store()
     cards = ranking_model.set_index("date")
+    consumed_by = ConsumptionWindow(raw_events, item_catalog)
 
     def compute(day: str) -> DayResult:
         card = cards.loc[day]
@@ -231,22 +246,23 @@ def model_evaluation(
                 popularity.assign(score=popularity["plays"].fillna(0))[["user_id", "item_id", "score"]], N_CANDIDATES
             ),
         }
-        # Retrieval: the top-100 candidates of each user against the plays of day D.
-        cands = candidates(retrieval, users, n=N_CANDIDATES, allowed_items=allowed)
-        retrieval_lists = {
-            "ours": ranked_candidates(cands),
-            "popularity": popularity_ranking(retrieval.popularity, users, allowed, N_CANDIDATES),
-        }
-        oracle = _oracle_lists(context, landing, day, slates, users, allowed)
-        if oracle is not None:
-            ranking["oracle"], retrieval_lists["oracle"] = oracle
+        # Retrieval: the top-100 candidates of each user against the plays of day D, without the items the
+        # exclusion policy removes from the user's consumption of [D-29, D-1] (as serving does on D-1).
+        consumed = consumed_by.window(consumption_days(day_offset(day, -1)), users)
+        excluded = excluded_pairs(consumed, config.exclude)
+        reference = _reference(context, landing, day)
+        retrieval_lists = recall_lists(retrieval, users, allowed, excluded, N_CANDIDATES, reference)
+        unfiltered = recall_lists(retrieval, users, allowed, None, N_CANDIDATES, reference)
+        if reference is not None:
+            ranking["oracle"] = _oracle_slates(context, day, slates, reference)
         table = evaluation_table(ranking, slates, retrieval_lists, plays).assign(
             date=day, model_sha256=card["model_sha256"]
         )
         metrics = table[list(_empty_metrics().columns)]
+        effect = exclusion_effect(retrieval_lists, unfiltered, plays, config.exclude, excluded, N_CANDIDATES)
         meta = day_metadata(
-            metrics, preview_rows=len(METHODS), evaluated=True, oracle_reference=oracle is not None,
-            **_metric_metadata(table),
+            metrics, preview_rows=len(METHODS), evaluated=True, oracle_reference=reference is not None,
+            **{**effect, **_metric_metadata(table)},
         )
         meta["metrics"] = dg.MetadataValue.md(
             table.drop(columns=["model_sha256"]).to_markdown(index=False, floatfmt=".4f")
@@ -316,29 +332,24 @@ def _lift_check(verdict: LiftVerdict) -> dg.AssetCheckResult:
     )
 
 
-def _oracle_lists(
-    context: dg.AssetExecutionContext,
-    landing: LandingZone,
-    day: str,
-    slates: pd.DataFrame,
-    users,
-    allowed,
-) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """The oracle's ordering of the slates and its top-100 list per user, from the data source's
-    reference of the day (:mod:`streamrec_assets.core.reference`); None when the landing zone has
-    none (real data) or an unreadable one (it is optional: the evaluation goes on without it)."""
-    from streamrec_assets.core.metrics import rank_by_score
-    from streamrec_assets.core.reference import reference_ranking, slate_scores
+def _reference(context: dg.AssetExecutionContext, landing: LandingZone, day: str) -> pd.DataFrame | None:
+    """The data source's reference ranking of the day (:mod:`streamrec_assets.core.reference`); None when
+    the landing zone has none (real data) or an unreadable one (it is optional: the evaluation goes on)."""
     from streamrec_assets.errors import DeliveryError
 
     try:
-        reference = landing.read_reference(day)
+        return landing.read_reference(day)
     except DeliveryError as exc:
         context.log.warning(f"{day}: the oracle is left out: {exc}")
         return None
-    if reference is None:
-        return None
+
+
+def _oracle_slates(context: dg.AssetExecutionContext, day: str, slates: pd.DataFrame, reference: pd.DataFrame):
+    """The oracle's ordering of each user's slate, by reference score."""
+    from streamrec_assets.core.metrics import rank_by_score
+    from streamrec_assets.core.reference import slate_scores
+
     scores, missing = slate_scores(slates, reference)
     if missing:
         context.log.warning(f"{day}: the reference lacks {missing} of {len(scores)} slate pairs; ranked last")
-    return rank_by_score(scores, N_CANDIDATES), reference_ranking(reference, users, N_CANDIDATES, allowed)
+    return rank_by_score(scores, N_CANDIDATES)

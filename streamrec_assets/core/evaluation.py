@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from streamrec_assets.core.features import COMPLETION_THRESHOLD
-from streamrec_assets.core.metrics import ndcg_at_k, rank_by_score, recall_at_k
+from streamrec_assets.core.metrics import ndcg_at_k, recall_at_k
 
 NDCG_K = 20
 RECALL_K = 100
@@ -45,23 +44,6 @@ def popularity_ranking(popularity: pd.DataFrame, users: np.ndarray, allowed: np.
     )
 
 
-def oracle_ranking(
-    affinity: Callable[[np.ndarray, np.ndarray], np.ndarray], users: np.ndarray, allowed: np.ndarray, k: int
-) -> pd.DataFrame:
-    """Top-k allowed items per user by the generator's hidden affinity (an upper reference)."""
-    frames = []
-    for start in range(0, len(users), 256):
-        chunk = users[start : start + 256]
-        scores = affinity(np.repeat(chunk, len(allowed)), np.tile(allowed, len(chunk)))
-        frames.append(
-            pd.DataFrame({"user_id": np.repeat(chunk, len(allowed)), "item_id": np.tile(allowed, len(chunk)),
-                          "score": scores})
-        )
-    if not frames:
-        return pd.DataFrame({"user_id": [], "item_id": [], "rank": []}, dtype="int64")
-    return rank_by_score(pd.concat(frames, ignore_index=True), k)
-
-
 # ---------------------------------------------------------------- exclusion policy (Recall@100)
 
 
@@ -91,7 +73,7 @@ def recall_lists(
     allowed: np.ndarray,
     excluded: pd.DataFrame | None = None,
     k: int = RECALL_K,
-    affinity: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    reference: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Each method's top-``k`` list per user, for Recall@k, under an exclusion policy: ``excluded``
     (:func:`streamrec_assets.core.serving.excluded_pairs` of the users' consumption in
@@ -99,7 +81,9 @@ def recall_lists(
 
     ``ours`` are the retrieval candidates exactly as serving makes them (the same
     :func:`~streamrec_assets.core.retrieval.candidates` with the same exclusions); ``popularity``
-    and (with ``affinity``) ``oracle`` are filtered the same way (:func:`apply_exclusion`)."""
+    is filtered the same way (:func:`apply_exclusion`), and so is ``oracle`` when the data source
+    supplies a ``reference`` ranking (:func:`streamrec_assets.core.reference.reference_ranking`)."""
+    from streamrec_assets.core.reference import reference_ranking
     from streamrec_assets.core.retrieval import candidates
 
     cands = candidates(retrieval, users, n=k, allowed_items=allowed, exclude_pairs=excluded)
@@ -108,8 +92,8 @@ def recall_lists(
         "ours": cands.assign(rank=cands.groupby("user_id").cumcount() + 1)[["user_id", "item_id", "rank"]],
         "popularity": apply_exclusion(popularity_ranking(retrieval.popularity, users, allowed, deep), excluded, k),
     }
-    if affinity is not None:
-        lists["oracle"] = apply_exclusion(oracle_ranking(affinity, users, allowed, deep), excluded, k)
+    if reference is not None:
+        lists["oracle"] = reference_ranking(reference, users, k, allowed, exclude=excluded)
     return lists
 
 
