@@ -65,6 +65,7 @@ bench: setup  ## benchmarks, printed as ratios against a baseline measured in th
 	$(BIN)/python benchmarks/bench_range_memory.py
 	$(BIN)/python benchmarks/bench_pit.py
 	$(BIN)/python benchmarks/bench_storage.py
+	$(BIN)/python benchmarks/bench_executor.py
 
 bench-scale: setup  ## one day of the whole graph with full history at 100k and 1M events/day (VOLUMES=... for more)
 	$(BIN)/python benchmarks/bench_scale.py --volumes $${VOLUMES:-100000,1000000}
