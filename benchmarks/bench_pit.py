@@ -147,7 +147,7 @@ def prepare_storage(out: Path, tables: Path, history: int) -> Path:
 
     root = out / f"h{history}"
     stamp = root / "source.json"
-    source = {"tables": json.loads((tables / "params.json").read_text()), "history": history}
+    source = {"tables": json.loads((tables / "params.json").read_text()), "history": history, "catalog": 1}
     if stamp.exists() and json.loads(stamp.read_text()) == source:
         return root
     shutil.rmtree(root, ignore_errors=True)
@@ -160,6 +160,14 @@ def prepare_storage(out: Path, tables: Path, history: int) -> Path:
                 os.link(src, target)
             except OSError:
                 shutil.copyfile(src, target)
+    # The views declare one genre_share feature per genre of the published item catalogue.
+    import pandas as pd
+
+    from streamrec_assets import datagen
+
+    pd.DataFrame({"item_id": range(1, len(datagen.GENRES) + 1), "genre": list(datagen.GENRES)}).to_parquet(
+        root / "storage" / "item_catalog.parquet", index=False
+    )
     fs = FeastSettings(storage_uri=str(root / "storage"), repo_dir=str(root / "feast"))
     get_store(fs).apply(feature_objects(fs))
     stamp.write_text(json.dumps(source))

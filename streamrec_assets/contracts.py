@@ -921,10 +921,88 @@ feast_feature_views_schema = pa.DataFrameSchema(
 )
 
 
+# ---- the Feast feature views, declared from the feature tables' contracts (pure)
+
+#: The contract of each feature view's source table: the single source of truth of its features.
+FEATURE_TABLE_SCHEMAS: dict[str, pa.DataFrameSchema] = {
+    "user_features": user_features_schema,
+    "item_features": item_features_schema,
+}
+#: Feast type of a contract dtype (a feature column of a feature table).
+_FEAST_TYPE_OF_DTYPE = {"int64": "Int64", "float64": "Float64", "str": "String", "bool": "Bool"}
+
+
+def _per_genre_prefixes() -> tuple[str, ...]:
+    """Prefixes of the contract's per-genre column families (``<prefix><genre slug>``)."""
+    from streamrec_assets.core.features import GENRE_PREFIX, GENRE_SHARE_PREFIX
+
+    return (GENRE_SHARE_PREFIX, GENRE_PREFIX)
+
+
+def _expand_pattern(view: str, pattern: str, genres: Iterable[str]) -> list[str]:
+    """The concrete columns of a regex column of a feature table's contract: a per-genre family
+    ``<prefix>.+`` becomes one column per catalogue genre (slug, sorted), as the feature assets
+    write it (:func:`streamrec_assets.core.features.user_daily_activity`)."""
+    from streamrec_assets.core.features import genre_slug
+
+    prefix = pattern.removesuffix(".+")
+    if pattern.endswith(".+") and prefix in _per_genre_prefixes():
+        return [f"{prefix}{slug}" for slug in sorted({genre_slug(g) for g in genres})]
+    raise ValueError(
+        f"{view}: the contract's column pattern {pattern!r} has no concrete columns for a feature view; "
+        f"declare its columns in contracts.py (per-genre families: {', '.join(_per_genre_prefixes())})."
+    )
+
+
+def feature_view_fields(view: str, genres: Iterable[str], non_features: Iterable[str]) -> dict[str, str]:
+    """The features of feature view ``view`` (name -> Feast type, in the contract's column order),
+    declared from the contract of its source table (:data:`FEATURE_TABLE_SCHEMAS`): every column
+    but ``non_features`` (entity keys, ``date``, ``feature_timestamp``); a per-genre pattern column
+    becomes one column per genre of ``genres`` (the item catalogue's)."""
+    schema = FEATURE_TABLE_SCHEMAS[view]
+    skip = set(non_features)
+    genres = list(genres)
+    fields: dict[str, str] = {}
+    for name, column in schema.columns.items():
+        if name in skip:
+            continue
+        dtype = _FEAST_TYPE_OF_DTYPE.get(str(column.dtype))
+        if dtype is None:
+            raise ValueError(f"{view}: contract column {name!r} has dtype {column.dtype}, which no Feast feature has.")
+        for concrete in _expand_pattern(view, name, genres) if column.regex else [name]:
+            fields[concrete] = dtype
+    return fields
+
+
+def stored_partition_problems(
+    declared: dict[str, dict[str, str]], stored: dict[str, dict[str, dict[str, str]]]
+) -> list[str]:
+    """How stored feature partitions disagree with the declared views: ``stored`` is view -> day ->
+    the partition's features (:func:`stored_features`). One line per (view, day) that disagrees,
+    naming the missing, extra and mistyped columns."""
+    problems = []
+    for view in sorted(stored):
+        want = declared.get(view)
+        if want is None:
+            problems.append(f"{view}: no feature view is declared for it")
+            continue
+        for day, have in sorted(stored[view].items()):
+            parts = []
+            if missing := [n for n in want if n not in have]:
+                parts.append(f"missing columns {', '.join(missing)}")
+            if extra := [n for n in have if n not in want]:
+                parts.append(f"extra columns {', '.join(extra)}")
+            if retyped := [n for n in want if n in have and have[n] != want[n]]:
+                parts.append("mistyped columns " + ", ".join(f"{n} ({have[n]}, declared {want[n]})" for n in retyped))
+            if parts:
+                problems.append(f"{view} date={day}: " + "; ".join(parts))
+    return problems
+
+
 # ---- the Feast registry and online store against the stored feature partitions (pure)
 
 def feast_type_of(arrow_type) -> str | None:
-    """Feast type of a feature column by Arrow type, as :func:`streamrec_assets.feature_repo.source_fields` maps it."""
+    """Feast type of a stored feature column by Arrow type (the types :func:`feature_view_fields` declares)."""
     import pyarrow as pa_arrow
 
     if pa_arrow.types.is_integer(arrow_type):

@@ -75,6 +75,13 @@ def input_fingerprint(
     )
 
 
+def clip_to_history(partitions: dict[str, list[str]], first_day: str) -> dict[str, list[str]]:
+    """Upstream partition windows (asset -> ISO days) without the days before ``first_day``, the first
+    partition of history: a window such as [D-14, D-1] of an early day D lists only days that exist.
+    An asset whose whole window is before history keeps an empty list."""
+    return {asset: [d for d in days if d >= first_day] for asset, days in partitions.items()}
+
+
 def data_versions(instance, partitions: dict[str, list[str]]) -> dict[str, dict[str, str | None]]:
     """Dagster data version of each upstream (asset, partition), from the instance's event log."""
     import dagster as dg

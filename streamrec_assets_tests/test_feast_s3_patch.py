@@ -35,6 +35,7 @@ def test_enable_s3_skips_httpfs_and_registers_s3fs(monkeypatch):
     monkeypatch.setattr(Backend, "_load_extensions", lambda self, extensions, force_install=False: seen.append(
         list(extensions)))
     monkeypatch.setattr(feature_repo, "_S3_READY", set())
+    monkeypatch.setenv("FEAST_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # restored after the test: no leak
     feature_repo.enable_s3("http://127.0.0.1:9")
     patched = Backend._load_extensions
     assert getattr(patched, "_streamrec_fsspec", False)
@@ -43,4 +44,6 @@ def test_enable_s3_skips_httpfs_and_registers_s3fs(monkeypatch):
     patched(con, ["httpfs", "json"])
     assert seen == [["json"]], "httpfs is never installed; other extensions still load"
     registered = ibis.get_backend().con.list_filesystems()  # the connection Feast's offline store uses
-    assert any("s3" in name.lower() for name in registered), registered
+    assert "s3" in registered, registered
+    feature_repo.enable_s3("http://127.0.0.1:10")  # another endpoint replaces the filesystem
+    assert ibis.get_backend().con.list_filesystems().count("s3") == 1

@@ -138,7 +138,10 @@ def test_failure_budget_stops_the_run_and_downstream(landing_32, tmp_path):
         failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
         text = str(failure.event_specific_data.error) + str(failure.event_specific_data.user_failure_data)
         assert f"events-{bad_day}.jsonl.gz" in text and "5.00%" in text and "Top reasons" in text
-        assert instance.get_latest_materialization_event(dg.AssetKey("raw_events")) is None
+        # The day before the bad one was published (complete and audited) and is recorded as such;
+        # the bad day and the days after it are neither published nor recorded.
+        for asset in ("raw_events", "raw_events_dlq"):
+            assert instance.get_materialized_partitions(dg.AssetKey(asset)) == {"2026-01-01"}, asset
         for downstream in ("user_daily_activity", "user_features", "item_features"):
             assert instance.get_latest_materialization_event(dg.AssetKey(downstream)) is None
         # Neither table of the bad day is published; both are kept in quarantine for inspection.

@@ -29,9 +29,11 @@ from streamrec_assets.feature_repo import (
     FeastSettings,
     feature_objects,
     feature_refs,
+    feature_row_audit,
     get_store,
     historical_features,
     offline,
+    online_feature_days,
 )
 from streamrec_assets.storage import write_parquet
 
@@ -71,6 +73,11 @@ USERS = {  # user -> days with a feature row (stamped the next midnight)
 }
 ITEMS = {10: ["2026-01-02", "2026-01-05"], 11: [f"2026-01-{d:02d}" for d in range(1, 11)]}
 DAYS = [f"2026-01-{d:02d}" for d in range(1, 11)]
+#: The hand-made views' features (the real views' come from the contracts; these tables hold three).
+HANDMADE_FIELDS = {
+    view: {"plays_7d": "Int64", "watch_seconds_7d": "Float64", "completion_rate_7d": "Float64"}
+    for view in FEATURE_VIEWS
+}
 
 
 def _table(rows: dict[int, list[str]], key: str, day: str) -> pd.DataFrame:
@@ -93,7 +100,7 @@ def _write_world(root) -> FeastSettings:
         write_parquet(_table(ITEMS, "item_id", day), _local(storage / "item_features" / f"date={day}" / "data.parquet"))
     fs = FeastSettings(storage_uri=str(storage), repo_dir=str(root / "feast"))
     store = get_store(fs)
-    store.apply(feature_objects(fs))
+    store.apply(feature_objects(fs, HANDMADE_FIELDS))
     return fs
 
 
@@ -137,7 +144,7 @@ def _brute_force(entity: pd.DataFrame, tables: dict[str, pd.DataFrame], ttl: tim
     out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).astype("datetime64[us, UTC]")
     for view, key in (("user_features", "user_id"), ("item_features", "item_id")):
         table = tables[view]
-        features = [c for c in table.columns if c not in (key, "feature_timestamp")]
+        features = [c for c in table.columns if c not in (key, "feature_timestamp", "date")]
         picked = []
         for _, row in out.iterrows():
             rows = table[(table[key] == row[key]) & (table["feature_timestamp"] <= row["event_timestamp"])
@@ -145,7 +152,7 @@ def _brute_force(entity: pd.DataFrame, tables: dict[str, pd.DataFrame], ttl: tim
             picked.append(rows.loc[rows["feature_timestamp"].idxmax()] if len(rows) else None)
         for f in features:
             values = [None if p is None else p[f] for p in picked]
-            out[f"{view}__{f}"] = pd.Series(values, dtype=object if f == "date" else "float64")
+            out[f"{view}__{f}"] = pd.Series(values, dtype="float64")
     return out
 
 
@@ -161,33 +168,77 @@ def test_handmade_store_matches_brute_force_and_feast(handmade):
     assert_same(ours, expected[ours.columns])
     assert_same(ours, historical_features(store, entity, engine="feast"))
 
+    assert not [c for c in ours.columns if c.endswith("__date")], "the partition day is no feature"
     got = ours.set_index("note")
-    assert got.loc["row0", "user_features__date"] == "2026-01-04"
-    assert got.loc["row1", "user_features__date"] == "2026-01-03"
+    assert got.loc["row0", "user_features__plays_7d"] == 104  # user 1's row of 01-04 (100 * user + day)
+    assert got.loc["row1", "user_features__plays_7d"] == 103
     assert got.loc["row2", "user_features__plays_7d"] == 203  # exactly ts - TTL: inclusive
     assert pd.isna(got.loc["row3", "user_features__plays_7d"])  # 1 µs past the TTL
-    assert got.loc[["row4", "row5", "row6", "row7"], "user_features__date"].isna().all()
-    assert got.loc["row8", "user_features__date"] == "2026-01-08"
-    assert got.loc["row9", "user_features__date"] == "2026-01-09"
-    assert pd.isna(got.loc["row10", "user_features__date"])
+    assert got.loc[["row4", "row5", "row6", "row7"], "user_features__plays_7d"].isna().all()
+    assert got.loc["row8", "user_features__plays_7d"] == 408
+    assert got.loc["row9", "user_features__plays_7d"] == 409
+    assert pd.isna(got.loc["row10", "user_features__plays_7d"])
     assert ours["note"].tolist() == entity["note"].tolist()  # row order and pass-through columns
+
+
+def test_feature_row_audit_names_the_joined_rows(handmade):
+    """The join's audit trail: which feature row (partition day, stamp) each entity row got; no feature."""
+    from streamrec_assets.core.training import leaked_rows
+
+    store = get_store(handmade)
+    entity = _edge_rows()
+    entity.index = entity.index * 3 + 1
+    audit = feature_row_audit(store, entity)
+    assert list(audit.columns) == ["user_features__date", "user_features__feature_timestamp",
+                                   "item_features__date", "item_features__feature_timestamp"]
+    assert audit.index.equals(entity.index)
+    days = dict(zip(entity["note"], audit["user_features__date"], strict=True))
+    assert (days["row0"], days["row1"], days["row2"], days["row8"]) == ("2026-01-04", "2026-01-03", "2026-01-03",
+                                                                        "2026-01-08")
+    assert all(days[f"row{k}"] is None for k in (3, 4, 5, 6, 7, 10))
+    ours = historical_features(store, entity)
+    for view in FEATURE_VIEWS:  # a row exactly where the join found one, stamped its day + 1, never later
+        found = audit[f"{view}__date"].notna()
+        assert found.to_numpy().tolist() == ours[f"{view}__plays_7d"].notna().tolist()
+        stamps = audit.loc[found, f"{view}__feature_timestamp"]
+        assert (stamps == pd.to_datetime(audit.loc[found, f"{view}__date"], utc=True) + pd.Timedelta(days=1)).all()
+        assert (stamps <= entity.loc[found, "event_timestamp"]).all()
+        assert audit.loc[~found, f"{view}__feature_timestamp"].isna().all()
+    # core.training.leaked_rows reads it next to the example's day: none of these rows leaks ...
+    example_day = entity["event_timestamp"].dt.strftime("%Y-%m-%d")
+    assert leaked_rows(audit.assign(date=example_day)) == 0
+    # ... and a mis-stamped feature row (of the example's own day) would
+    assert leaked_rows(audit.assign(date=audit["user_features__date"])) > 0
+    assert len(feature_row_audit(store, entity.head(0))) == 0
+
+
+def test_online_feature_days_come_from_the_online_rows_stamps(handmade):
+    store = get_store(handmade)
+    store.materialize(start_date=datetime(2026, 1, 1, tzinfo=UTC), end_date=datetime(2026, 1, 6, 12, tzinfo=UTC))
+    # Rows stamped in the window: user 1's newest is of 01-05 (stamped 01-06), user 2's of 01-03; no user 3.
+    assert online_feature_days(store, "user_features", [1, 2, 3]) == ["2026-01-05", "2026-01-03", None]
+    assert online_feature_days(store, "item_features", [10, 11]) == ["2026-01-05", "2026-01-05"]
+    assert online_feature_days(store, "item_features", []) == []
 
 
 def test_subset_of_refs_and_one_entity_key(handmade):
     """Serving's offline lookup: one entity column, the features of its view only."""
     store = get_store(handmade)
     frame = pd.DataFrame({"item_id": [10, 11, 12, 10], "event_timestamp": utc("2026-01-06")})
-    refs = ["item_features:plays_7d", "item_features:date"]
+    refs = ["item_features:plays_7d", "item_features:watch_seconds_7d"]
     ours = historical_features(store, frame, refs)
-    assert list(ours.columns) == ["item_id", "event_timestamp", "item_features__plays_7d", "item_features__date"]
+    assert list(ours.columns) == ["item_id", "event_timestamp", "item_features__plays_7d",
+                                  "item_features__watch_seconds_7d"]
     assert_same(ours, historical_features(store, frame, refs, engine="feast"))
-    assert ours["item_features__date"].tolist() == ["2026-01-05", "2026-01-05", None, "2026-01-05"]
+    assert ours["item_features__plays_7d"].tolist()[:2] == [1005, 1105]  # the rows of 01-05
+    assert pd.isna(ours["item_features__plays_7d"].iloc[2])
 
 
 def test_interleaved_refs_keep_feasts_column_order(handmade):
     store = get_store(handmade)
     entity = _edge_rows()
-    refs = ["item_features:plays_7d", "user_features:date", "item_features:date", "user_features:plays_7d"]
+    refs = ["item_features:plays_7d", "user_features:completion_rate_7d", "item_features:watch_seconds_7d",
+            "user_features:plays_7d"]
     ours = historical_features(store, entity, refs)
     assert_same(ours, historical_features(store, entity, refs, engine="feast"))
     with pytest.raises(ValueError, match="no feature"):
@@ -223,12 +274,13 @@ def test_a_view_without_ttl_reaches_all_older_partitions(handmade):
     """Feast's ``if ttl:``: no TTL (or 0) means no lower bound, so every older partition is listed."""
     store = get_store(handmade)
     views = offline.fetch_feature_views(store, ["user_features"])
-    (plan,) = offline.plan_views(views, ["user_features:plays_7d", "user_features:date"])
+    (plan,) = offline.plan_views(views, ["user_features:plays_7d", "user_features:watch_seconds_7d"])
     plan = offline.ViewPlan(**{**plan.__dict__, "ttl": None})
     entity = pd.DataFrame({"user_id": [2, 1, 3], "event_timestamp": utc("2026-03-01")})
     result = offline.point_in_time_join(entity, [plan])
     assert result.partitions["user_features"] == DAYS
-    assert result.frame["user_features__date"].tolist() == ["2026-01-03", "2026-01-10", None]
+    assert result.frame["user_features__watch_seconds_7d"].tolist()[:2] == [2.3, 2.0]  # rows of 01-03, 01-10
+    assert pd.isna(result.frame["user_features__watch_seconds_7d"].iloc[2])
     assert result.frame["user_features__plays_7d"].tolist()[:2] == [203, 110]
 
 
@@ -441,8 +493,13 @@ def test_graph_day_of_impressions_and_edge_cases_equal_feast(graph_32):
     ours = historical_features(store, entity)
     assert_same(ours, historical_features(store, entity, engine="feast"))
     assert ours["user_features__plays_7d"].notna().mean() > 0.9
+    assert not [c for c in ours.columns if c.endswith("__date")], "the partition day is no feature"
     tail = ours.tail(len(edges)).reset_index(drop=True)
-    assert tail["user_features__date"].tolist()[:5] == ["2026-01-10", "2026-01-09", "2026-02-01", None, None]
+    audit = feature_row_audit(store, edges)
+    assert audit["user_features__date"].tolist()[:5] == ["2026-01-10", "2026-01-09", "2026-02-01", None, None]
+    assert audit["user_features__feature_timestamp"].tolist()[:3] == [utc("2026-01-11"), utc("2026-01-10"),
+                                                                       utc("2026-02-02")]
+    assert tail.loc[3:4, "user_features__plays_7d"].isna().all()
     assert tail.loc[5:, [c for c in tail.columns if "__" in c]].isna().all(axis=None)
 
 
@@ -460,7 +517,7 @@ def test_graph_as_of_midnight_and_serving_frames_equal_feast(graph_32):
         view_refs = [r for r in refs if r.startswith(f"{view}:")]
         ours = historical_features(store, lookup, view_refs)
         assert_same(ours, historical_features(store, lookup, view_refs, engine="feast"))
-        assert ours[f"{view}__date"].eq("2026-01-24").mean() > 0.5
+        assert feature_row_audit(store, lookup, [view])[f"{view}__date"].eq("2026-01-24").mean() > 0.5
 
 
 @pytest.mark.slow
@@ -505,6 +562,9 @@ def test_on_s3_equals_local(graph_32, tmp_path, monkeypatch):
         for view in FEATURE_VIEWS:
             for path in sorted(Path(settings.storage_uri, view).glob("date=*/data.parquet")):
                 client.upload_file(str(path), bucket, f"pit/storage/{view}/{path.parent.name}/data.parquet")
+        # The views' per-genre features name the catalogue's genres.
+        client.upload_file(str(Path(settings.storage_uri, "item_catalog.parquet")), bucket,
+                           "pit/storage/item_catalog.parquet")
         fs = FeastSettings(storage_uri=f"s3://{bucket}/pit/storage", repo_dir=str(tmp_path / "feast"),
                            s3_endpoint_url=endpoint)
         store = get_store(fs)

@@ -306,7 +306,7 @@ def test_assets_over_a_range_match_the_reference(tmp_path, generated):
         )
     assert result.success
     checks = result.get_asset_check_evaluations()
-    assert {c.asset_key.to_user_string() for c in checks} == set(COPLAY_ASSETS)
+    assert {c.asset_key.to_user_string() for c in checks} == {*COPLAY_ASSETS, "retrieval_model"}
     assert all(c.passed for c in checks)
     for day in (days[0], "2026-01-02", "2026-01-06", days[-1]):
         _assert_same_model(_reference(events, day), load_retrieval(storage, day))

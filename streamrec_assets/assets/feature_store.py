@@ -2,7 +2,11 @@
 
 ``feast_feature_views`` applies the Feast definitions (entities, sources, views)
 and materialises the partition's feature values into the online store. The
-offline store reads the feature assets' Parquet partitions directly (DuckDB).
+views' features are declared from the feature tables' contracts
+(:func:`streamrec_assets.feature_repo.declared_fields`); before anything is applied,
+every stored partition of the step must hold exactly those columns with those types,
+else the step fails naming the missing, extra and mistyped columns. The offline
+store reads the feature assets' Parquet partitions directly (DuckDB).
 """
 
 import dagster as dg
@@ -38,8 +42,8 @@ def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
             SERVED_CHECK,
             ASSET,
             "The Feast registry holds exactly the expected feature views, each with the features (names and "
-            "types) of the day's stored partition; the registry records an online materialisation covering the "
-            "day; and, for the newest day materialised, entities of the day's partition have online values of "
+            "types) declared from the contracts, which are those of the day's stored partition; the registry "
+            "records an online materialisation covering the day; and, for the newest day materialised, entities of the day's partition have online values of "
             "that day. A backfill of days older than the online store passes with a note.",
             blocking=False,
         ),
@@ -51,11 +55,15 @@ def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     "into the online store. One row per (day, feature view): version, rows, features.",
 )
 def feast_feature_views(context: dg.AssetExecutionContext, storage: Storage, feast: FeastResource):
-    from streamrec_assets.feature_repo import FEATURE_VIEWS, NON_FEATURES, view_version
+    from streamrec_assets.feature_repo import FEATURE_VIEWS, declared_fields, feature_objects, view_version
 
-    store = feast.store()
-    store.apply(feast.objects())
     days = list(context.partition_keys)
+    settings = feast.settings()
+    declared = declared_fields(settings)
+    stored = stored_partitions(storage, days, FEATURE_VIEWS)
+    require_stored_match_declared(storage, declared, stored)
+    store = feast.store()
+    store.apply(feature_objects(settings, declared))
     versions = {view: view_version(store, view) for view in FEATURE_VIEWS}
     n_features = {view: len(store.get_feature_view(view).features) for view in FEATURE_VIEWS}
 
@@ -102,7 +110,7 @@ def feast_feature_views(context: dg.AssetExecutionContext, storage: Storage, fea
         )
         probe = online and day == days[-1]
         check = served_check(
-            day, registered, _stored_features(storage, day, FEATURE_VIEWS, NON_FEATURES), intervals,
+            day, registered, {v: by_day[day] for v, by_day in stored.items() if day in by_day}, intervals,
             _online_dates(storage, store, day, FEATURE_VIEWS) if probe else None,
             online=online, newest_online=newest_online, expected_views=FEATURE_VIEWS,
         )
@@ -152,31 +160,62 @@ def served_check(
     )
 
 
-def _stored_features(storage: Storage, day: str, views, non_features) -> dict[str, dict[str, str]]:
-    """The features each view's stored partition of ``day`` gives (from its Parquet footer)."""
+def stored_partitions(storage: Storage, days, views) -> dict[str, dict[str, dict[str, str]]]:
+    """view -> day -> the features (name -> Feast type) of the view's stored partition of that day (from its
+    Parquet footer); days without a stored partition are left out."""
     from streamrec_assets.contracts import stored_features
+    from streamrec_assets.feature_repo import NON_FEATURES
     from streamrec_assets.storage import path_exists, read_parquet_schema
 
-    out = {}
+    out: dict[str, dict[str, dict[str, str]]] = {}
     for view in views:
-        path = storage.path(view, day, "data.parquet")
-        if path_exists(path):
-            out[view] = stored_features(read_parquet_schema(path), non_features)
+        out[view] = {}
+        for day in days:
+            path = storage.path(view, day, "data.parquet")
+            if path_exists(path):
+                out[view][day] = stored_features(read_parquet_schema(path), NON_FEATURES)
     return out
 
 
+def require_stored_match_declared(
+    storage: Storage, declared: dict[str, dict[str, str]], stored: dict[str, dict[str, dict[str, str]]]
+) -> None:
+    """Fail the step (never retried: a data problem) when a stored partition disagrees with the
+    declared views, naming each partition's missing, extra and mistyped columns."""
+    from streamrec_assets.contracts import stored_partition_problems
+    from streamrec_assets.errors import PersistentDataError, persistent_failure
+
+    problems = stored_partition_problems(declared, stored)
+    if not problems:
+        return
+    # The earliest partition that disagrees names the step's failure ("<view> date=<day>: ...").
+    heads = [p.split(":", 1)[0] for p in problems]
+    day, view = min((head.partition(" date=")[2], head.partition(" date=")[0]) for head in heads)
+    err = PersistentDataError(
+        f"{len(problems)} stored feature partition(s) disagree with the Feast feature views declared from "
+        "contracts.py (user_features_schema / item_features_schema, one genre_share_28d__<genre> per genre of "
+        "the item catalogue); nothing was applied to Feast:\n"
+        + "\n".join(f"- {p}" for p in problems)
+        + "\nRe-materialise these partitions of the feature tables with the current code and catalogue, or "
+        "change the contract.",
+        asset=ASSET,
+        partition=day,
+        location=str(storage.path(view, day, "data.parquet")) if day else "",
+    )
+    raise persistent_failure(err)
+
+
 def _online_dates(storage: Storage, store, day: str, views) -> dict[str, list[str | None]]:
-    """The online ``date`` of up to ONLINE_PROBE_ENTITIES entities of each view's partition of ``day``."""
-    from streamrec_assets.feature_repo import ENTITY_OF, online_features
+    """The online feature day of up to ONLINE_PROBE_ENTITIES entities of each view's partition of ``day``
+    (from the online rows' event timestamps: a row of day D is stamped D+1 00:00)."""
+    from streamrec_assets.feature_repo import ENTITY_OF, online_feature_days
     from streamrec_assets.storage import read_parquet
 
     out: dict[str, list[str | None]] = {}
     for view in views:
         key = ENTITY_OF[view][1]
         ids = read_parquet(storage.path(view, day, "data.parquet"), columns=[key])[key].head(ONLINE_PROBE_ENTITIES)
-        users, items = (ids, None) if key == "user_id" else (None, ids)
-        values = online_features(store, users, items, [f"{view}:date"])[f"{view}__date"]
-        out[view] = [None if pd.isna(v) else str(v) for v in values]
+        out[view] = online_feature_days(store, view, ids)
     return out
 
 

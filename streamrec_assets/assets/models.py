@@ -19,7 +19,7 @@ from streamrec_assets.assets.common import DayResult, check_spec, contract_check
 from streamrec_assets.assets.retrieval import N_CANDIDATES, OK
 from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
 from streamrec_assets.core.dates import day_offset, window_days
-from streamrec_assets.core.evaluation import METHODS, LiftVerdict
+from streamrec_assets.core.evaluation import METHODS, LiftVerdict, oracle_lift_captured
 from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import FeastResource, LandingZone, Storage
 from streamrec_assets.storage import PartitionReader
@@ -292,7 +292,8 @@ def _empty_metrics() -> pd.DataFrame:
 
 
 def metric_values(table: pd.DataFrame) -> dict[str, float]:
-    """Flat metric names (as logged to MLflow) from a metrics table."""
+    """Flat metric names (as logged to MLflow) from a metrics table; ``oracle_lift_captured``
+    (:func:`streamrec_assets.core.evaluation.oracle_lift_captured`) only when it is defined."""
     by = table.set_index("method")
     out: dict[str, float] = {}
     for method, prefix in (("ours", ""), ("popularity", "popularity_"), ("oracle", "oracle_")):
@@ -301,6 +302,10 @@ def metric_values(table: pd.DataFrame) -> dict[str, float]:
             out[f"{prefix}recall_at_100"] = float(by.loc[method, "recall_at_100"])
     if out.get("popularity_ndcg_at_20"):
         out["lift_ndcg_vs_popularity"] = out["ndcg_at_20"] / out["popularity_ndcg_at_20"]
+    if "ndcg_at_20" in out and "popularity_ndcg_at_20" in out:
+        captured = oracle_lift_captured(out["ndcg_at_20"], out["popularity_ndcg_at_20"], out.get("oracle_ndcg_at_20"))
+        if captured is not None:
+            out["oracle_lift_captured"] = captured
     return out
 
 

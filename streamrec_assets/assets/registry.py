@@ -327,14 +327,23 @@ def _code_versions(context: dg.AssetExecutionContext, assets: tuple[str, ...]) -
     }
 
 
-def upstream_partitions(day: str) -> dict[str, list[str]]:
-    return {
-        "training_examples": window_days(day, RANKER_WINDOW_DAYS, end_offset=-1),  # train + early stopping
-        "ranking_model": [day],
-        "retrieval_model": [day],
-        "model_evaluation": [day],
-        "raw_events": [day],
-    }
+def upstream_partitions(day: str, first_day: str | None = None) -> dict[str, list[str]]:
+    """The upstream partitions of day ``day``'s model, clipped at ``first_day`` (default: the first
+    partition of ``daily_partitions``, the start of history)."""
+    from streamrec_assets.lineage import clip_to_history
+
+    if first_day is None:
+        first_day = daily_partitions.get_first_partition_key() or day
+    return clip_to_history(
+        {
+            "training_examples": window_days(day, RANKER_WINDOW_DAYS, end_offset=-1),  # train + early stopping
+            "ranking_model": [day],
+            "retrieval_model": [day],
+            "model_evaluation": [day],
+            "raw_events": [day],
+        },
+        first_day,
+    )
 
 
 def _settings_for_hash() -> dict:

@@ -48,7 +48,7 @@ def training_examples(
         label_impressions,
         leaked_rows,
     )
-    from streamrec_assets.feature_repo import historical_features
+    from streamrec_assets.feature_repo import feature_row_audit, historical_features
 
     store = feast.store()
 
@@ -56,7 +56,9 @@ def training_examples(
         examples = label_impressions(raw_events.read(day), item_catalog)
         joined = historical_features(store, examples)
         joined = add_context_features(joined, item_catalog, user_catalog, joined["event_timestamp"])
-        leaks = leaked_rows(joined)
+        # Which feature row the join gave each example (its partition day): the audit of the blocking
+        # no_feature_leakage check (feature tables' `date` is not a Feast feature).
+        leaks = leaked_rows(feature_row_audit(store, examples).assign(date=examples["date"].to_numpy()))
         coverage = feature_coverage(joined)
         labels = joined["label"].value_counts().sort_index().to_dict() if len(joined) else {}
         meta = day_metadata(

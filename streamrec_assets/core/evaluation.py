@@ -155,6 +155,21 @@ def evaluation_table(
     return pd.DataFrame(rows)
 
 
+def oracle_lift_captured(ndcg: float, popularity_ndcg: float, oracle_ndcg: float | None) -> float | None:
+    """Share of the oracle's NDCG@20 lift over popularity that the ranker captures:
+    ``(ours - popularity) / (oracle - popularity)``. None (the metric is left out) without an
+    oracle, when a value is not a finite number, or when the oracle does not beat popularity
+    (denominator <= 0). 1 = as good as the oracle, 0 = no better than popularity; negative when
+    the ranker is worse than popularity."""
+    values = (ndcg, popularity_ndcg, oracle_ndcg)
+    if oracle_ndcg is None or not all(np.isfinite(float(v)) for v in values):
+        return None
+    headroom = float(oracle_ndcg) - float(popularity_ndcg)
+    if headroom <= 0:
+        return None
+    return (float(ndcg) - float(popularity_ndcg)) / headroom
+
+
 def promotion_decision(
     challenger_ndcg: float,
     champion_ndcg: float | None,

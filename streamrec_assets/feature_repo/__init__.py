@@ -4,9 +4,12 @@
 * file sources over the ``user_features`` / ``item_features`` Parquet partitions
   (``<storage>/<asset>/date=*/data.parquet``), timestamped by ``feature_timestamp``
   (the end of the feature day, when the values become known);
-* feature views ``user_features`` and ``item_features`` whose features are
-  read from the schema of the newest partition (so new columns, such as a new
-  genre share, need no code change), with a TTL.
+* feature views ``user_features`` and ``item_features`` with a TTL, whose features are
+  declared in code from the pandera contracts of their source tables
+  (:func:`streamrec_assets.contracts.feature_view_fields`: the contract's columns but the
+  entity key, ``date`` and ``feature_timestamp``; one ``genre_share_28d__<genre>`` per genre
+  of the item catalogue, so a new catalogue genre needs no code change). The stored
+  partitions are checked against them (``feast_feature_views``), never read to define them.
 
 Offline store: DuckDB; online store: SQLite under ``$STREAMREC_HOME/feast`` (or
 Redis by configuration); registry: a file under ``$STREAMREC_HOME/feast``.
@@ -30,8 +33,10 @@ if TYPE_CHECKING:
 PROJECT = "streamrec"
 FEATURE_VIEWS = ("user_features", "item_features")
 ENTITY_OF = {"user_features": ("user", "user_id"), "item_features": ("item", "item_id")}
-#: Columns of the feature tables that are keys or timestamps, not features.
-NON_FEATURES = {"user_id", "item_id", "feature_timestamp"}
+#: Columns of the feature tables that are keys, timestamps or the partition day, not features.
+NON_FEATURES = frozenset({"user_id", "item_id", "feature_timestamp", "date"})
+#: Unpartitioned table (``<storage>/item_catalog.parquet``) whose genres name the per-genre features.
+ITEM_CATALOG = "item_catalog"
 TTL = timedelta(days=7)
 
 
@@ -111,51 +116,59 @@ def repo_config(fs: FeastSettings) -> RepoConfig:
     )
 
 
-def source_fields(fs: FeastSettings, view: str) -> list:
-    """Feast fields of a feature table, read from the schema of its newest Parquet partition.
+def catalogue_genres(fs: FeastSettings) -> list[str]:
+    """The genres of the published item catalogue (``<storage>/item_catalog.parquet``), sorted."""
+    from streamrec_assets.errors import NeverMaterializedError
+    from streamrec_assets.storage import S3Options, path_exists, read_parquet, storage_path
 
-    (Feast's own inference cannot read a partition glob.) New columns, such as the
-    share of a new genre, reach the feature view without a code change.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    path = storage_path(f"{fs.storage_uri.rstrip('/')}/{ITEM_CATALOG}.parquet", S3Options(endpoint_url=fs.s3_endpoint_url))
+    if not path_exists(path):
+        raise NeverMaterializedError(ITEM_CATALOG, str(path))
+    return sorted(read_parquet(path, columns=["genre"])["genre"].dropna().astype(str).unique())
+
+
+def declared_fields(
+    fs: FeastSettings | None = None, genres=None, *, require_catalogue: bool = True
+) -> dict[str, dict[str, str]]:
+    """Each view's features (name -> Feast type name), declared from its source table's contract
+    (:func:`streamrec_assets.contracts.feature_view_fields`); the per-genre features come from
+    ``genres``, by default the genres of the item catalogue in ``fs``'s storage. Without a
+    published catalogue: an error, or with ``require_catalogue=False`` no per-genre feature (and
+    a warning; ``feast_feature_views`` then refuses the stored partitions, which have them)."""
+    from streamrec_assets.contracts import feature_view_fields
+    from streamrec_assets.errors import NeverMaterializedError
+
+    if genres is None:
+        if fs is None:
+            raise ValueError("declared_fields needs the Feast settings (to read the catalogue's genres) or genres.")
+        try:
+            genres = catalogue_genres(fs)
+        except NeverMaterializedError as err:
+            if require_catalogue:
+                raise
+            logging.getLogger(__name__).warning("%s The feature views declare no per-genre feature.", err)
+            genres = []
+    genres = list(genres)
+    return {view: feature_view_fields(view, genres, NON_FEATURES) for view in FEATURE_VIEWS}
+
+
+def feast_fields(fields: dict[str, str]) -> list:
+    """Feast ``Field`` objects of ``name -> Feast type name`` (Int64, Float64, String, Bool)."""
     from feast import Field
     from feast.types import Bool, Float64, Int64, String
 
-    from streamrec_assets.storage import S3Options, storage_path
-
-    base = storage_path(f"{fs.storage_uri.rstrip('/')}/{view}", S3Options(endpoint_url=fs.s3_endpoint_url))
-    parts = sorted(p for p in base.iterdir() if p.name.startswith("date=")) if base.exists() else []
-    files = [p / "data.parquet" for p in reversed(parts) if (p / "data.parquet").exists()]
-    if not files:
-        raise FileNotFoundError(
-            f"No materialised partition of {view} under {base}: materialise {view} before the Feast views."
-        )
-    with files[0].open("rb") as handle:
-        schema = pq.read_schema(handle)
-    fields = []
-    for name, arrow_type in zip(schema.names, schema.types, strict=True):
-        if name in NON_FEATURES:
-            continue
-        if pa.types.is_integer(arrow_type):
-            dtype = Int64
-        elif pa.types.is_floating(arrow_type):
-            dtype = Float64
-        elif pa.types.is_boolean(arrow_type):
-            dtype = Bool
-        elif pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
-            dtype = String
-        else:
-            continue
-        fields.append(Field(name=name, dtype=dtype))
-    return fields
+    types = {"Int64": Int64, "Float64": Float64, "String": String, "Bool": Bool}
+    return [Field(name=name, dtype=types[dtype]) for name, dtype in fields.items()]
 
 
-def feature_objects(fs: FeastSettings) -> list:
-    """Entities, sources and feature views (features from the newest partition's schema)."""
+def feature_objects(fs: FeastSettings, fields: dict[str, dict[str, str]] | None = None) -> list:
+    """Entities, sources and feature views; the views' features are ``fields`` (view -> name -> Feast
+    type name), by default :func:`declared_fields` (the contracts, the catalogue's genres; none
+    per genre while no catalogue is published)."""
     from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast.types import Int64
 
+    fields = declared_fields(fs, require_catalogue=False) if fields is None else fields
     objects: list = []
     for view in FEATURE_VIEWS:
         entity_name, key = ENTITY_OF[view]
@@ -173,7 +186,7 @@ def feature_objects(fs: FeastSettings) -> list:
             name=view,
             entities=[entity],
             ttl=TTL,
-            schema=[Field(name=key, dtype=Int64), *source_fields(fs, view)],
+            schema=[Field(name=key, dtype=Int64), *feast_fields(fields[view])],
             source=source,
             online=True,
             description=f"Rolling 1/7/28-day {entity_name} features as of the end of each day.",
@@ -225,7 +238,10 @@ def enable_s3(endpoint_url: str) -> None:
         load_extensions._streamrec_fsspec = True
         Backend._load_extensions = load_extensions
     options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
-    ibis.get_backend().con.register_filesystem(s3fs.S3FileSystem(**options))
+    con = ibis.get_backend().con
+    if "s3" in con.list_filesystems():  # registered for another endpoint: DuckDB keeps one per protocol
+        con.unregister_filesystem("s3")
+    con.register_filesystem(s3fs.S3FileSystem(**options))
     _S3_READY.add(endpoint_url)
 
 
@@ -270,7 +286,9 @@ def historical_features(store: FeatureStore, entity_df, refs: list[str] | None =
     latest feature rows with ``event_timestamp - TTL <= feature_timestamp <= event_timestamp``.
 
     Extra columns of ``entity_df`` pass through; the row order is kept; ``event_timestamp``
-    comes back as ``datetime64[us, UTC]`` and ``<view>__date`` as 'YYYY-MM-DD' strings.
+    comes back as ``datetime64[us, UTC]`` (and a ``<view>__date`` feature, should a view
+    declare one, as 'YYYY-MM-DD' strings). :func:`feature_row_audit` says which feature
+    row each entity row got (for leakage audits).
 
     ``engine="duckdb"`` (default): the views' definitions come from the Feast registry and
     DuckDB runs an ASOF JOIN over only the partitions the TTL can reach
@@ -301,8 +319,9 @@ def historical_features(store: FeatureStore, entity_df, refs: list[str] | None =
 
 
 def _normalise_dates(frame):
-    """``<view>__date`` as 'YYYY-MM-DD' strings: DuckDB reads the ``date=`` directory of a
-    partition as a DATE (hive partitioning), the online store returns what it stored."""
+    """A ``<view>__date`` feature (none of the StreamRec views declares one) as 'YYYY-MM-DD'
+    strings: DuckDB reads the ``date=`` directory of a partition as a DATE (hive
+    partitioning), the online store returns what it stored."""
     import pandas as pd
 
     for col in [c for c in frame.columns if c.endswith("__date")]:
@@ -336,3 +355,68 @@ def online_features(store: FeatureStore, user_ids, item_ids, refs: list[str] | N
     rows = [{"user_id": int(u), "item_id": int(i)} for u, i in zip(user_ids, item_ids, strict=True)]
     frame = store.get_online_features(features=refs or feature_refs(store), entity_rows=rows, full_feature_names=True)
     return _normalise_dates(pd.DataFrame(frame.to_dict()))
+
+
+def feature_row_audit(store: FeatureStore, entity_df, views=FEATURE_VIEWS):
+    """Which feature row the point-in-time join of :func:`historical_features` gives each entity row,
+    per view: ``<view>__date`` (the row's partition day, read from the feature table's ``date``
+    column: 'YYYY-MM-DD', None where the row gets none) and ``<view>__feature_timestamp`` (its
+    stamp, ``datetime64[us, UTC]``). Same index and order as ``entity_df``.
+
+    Neither is a feature (no model input, never served): this is the join's audit trail, for
+    leakage checks (``core.training.leaked_rows`` reads ``<view>__date`` next to the example's
+    ``date``); keep it out of the stored examples. Same semantics and partitions read as the
+    DuckDB join of :mod:`streamrec_assets.feature_repo.offline`.
+    """
+    import dataclasses
+
+    import pandas as pd
+    import pyarrow as pa
+
+    from streamrec_assets.feature_repo import offline
+
+    names = list(views)
+    frame = entity_df.copy()
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).astype("datetime64[us, UTC]")
+    feature_views = offline.fetch_feature_views(store, names)
+    plans = [
+        dataclasses.replace(
+            plan,
+            features=(("date", f"{plan.name}__date"), (plan.timestamp_field, f"{plan.name}__feature_timestamp")),
+            types={f"{plan.name}__date": pa.string(), f"{plan.name}__feature_timestamp": pa.timestamp("us", tz="UTC")},
+        )
+        for plan in offline.plan_views(feature_views, [f"{v}:{feature_views[v].features[0].name}" for v in names])
+    ]
+    keys = list(dict.fromkeys(k for p in plans for k in p.join_keys.values()))
+    joined = offline.point_in_time_join(frame[[*keys, "event_timestamp"]], plans).frame
+    out = {}
+    for view in names:
+        days = joined[f"{view}__date"].astype(object)
+        out[f"{view}__date"] = days.where(days.notna(), None).set_axis(entity_df.index)
+        stamps = pd.to_datetime(joined[f"{view}__feature_timestamp"], utc=True).astype("datetime64[us, UTC]")
+        out[f"{view}__feature_timestamp"] = stamps.set_axis(entity_df.index)
+    return pd.DataFrame(out, index=entity_df.index)
+
+
+def online_feature_days(store: FeatureStore, view: str, ids) -> list[str | None]:
+    """For each entity id, the feature day whose row of ``view`` the online store holds (the day D of
+    the row stamped D+1 00:00, from the online row's event timestamp); None when it holds none."""
+    from datetime import UTC, datetime
+
+    from feast.online_response import TIMESTAMP_POSTFIX
+
+    from streamrec_assets.feature_repo.offline import STAMP_OFFSET
+
+    key = ENTITY_OF[view][1]
+    ids = [int(i) for i in ids]
+    if not ids:
+        return []
+    feature = store.get_feature_view(view).features[0].name
+    response = store.get_online_features(
+        features=[f"{view}:{feature}"], entity_rows={key: ids}, full_feature_names=True
+    ).to_dict(include_event_timestamps=True)
+    stamps = response[f"{view}__{feature}{TIMESTAMP_POSTFIX}"]
+    return [
+        (datetime.fromtimestamp(int(ts), tz=UTC) - STAMP_OFFSET).date().isoformat() if ts else None
+        for ts in stamps
+    ]

@@ -1,4 +1,5 @@
-"""Entry point for the ``feast`` CLI: exposes the StreamRec objects built from the environment.
+"""Entry point for the ``feast`` CLI: exposes the StreamRec objects built from the environment
+(the views' features are declared from the contracts and the published item catalogue's genres).
 
     streamrec feast-config            # writes $STREAMREC_HOME/feast/feature_store.yaml
     feast -c streamrec_assets/feature_repo -f $STREAMREC_HOME/feast/feature_store.yaml plan
