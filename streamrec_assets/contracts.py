@@ -272,6 +272,7 @@ item_daily_activity_schema = _activity_schema("item_id", "distinct_users_played"
 
 
 def _features_schema(entity: str, name: str, extra: dict[str, pa.Column]) -> pa.DataFrameSchema:
+    from streamrec_assets.core.features import RATE_WINDOWS
     from streamrec_assets.partitions import FEATURE_WINDOWS_DAYS
 
     who = _ENTITY[entity]
@@ -296,9 +297,9 @@ def _features_schema(entity: str, name: str, extra: dict[str, pa.Column]) -> pa.
             description=f"Days of the {longest}-day window inside the data's history ({longest} once "
             f"{longest} days of history exist; fewer near the first day).",
         ),
-        "active_days_28d": pa.Column(
-            "int64", pa.Check.in_range(1, 28), nullable=False,
-            description=f"Days of the trailing 28 on which {who} had any impression or play.",
+        f"active_days_{longest}d": pa.Column(
+            "int64", pa.Check.in_range(1, longest), nullable=False,
+            description=f"Days of the trailing {longest} on which {who} had any impression or play.",
         ),
     }
     watched = "Seconds the user watched" if entity == "user_id" else "Seconds of the item watched (all users)"
@@ -310,7 +311,7 @@ def _features_schema(entity: str, name: str, extra: dict[str, pa.Column]) -> pa.
         columns[f"watch_seconds_{w}d"] = pa.Column(
             "float64", pa.Check.ge(0), nullable=False, description=f"{watched} {trailing(w)}."
         )
-    for w in (7, 28):
+    for w in RATE_WINDOWS:
         columns[f"completion_rate_{w}d"] = pa.Column(
             "float64", pa.Check.in_range(0, 1), nullable=True,
             description=f"completions_{w}d / plays_{w}d of {who}; null without plays in the window.",

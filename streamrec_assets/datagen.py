@@ -337,10 +337,6 @@ class World:
         item_ids = np.asarray(item_ids, dtype=np.int64)
         return self.affinity(np.full(item_ids.shape, int(user_id), dtype=np.int64), item_ids)
 
-    def play_probability(self, user_ids, item_ids) -> np.ndarray:
-        """Probability that an impression of the pair becomes a play."""
-        return _sigmoid(1.3 * self.affinity(user_ids, item_ids) - 1.7)
-
 
 # --------------------------------------------------------------------------- one day
 

@@ -10,10 +10,12 @@ import warnings
 
 import dagster as dg
 
+from streamrec_assets.core.features import WINDOWS
 from streamrec_assets.settings import get_settings
 
-#: The rolling feature windows, in days; the longest one sets the upstream window.
-FEATURE_WINDOWS_DAYS: tuple[int, ...] = (1, 7, 28)
+#: The rolling feature windows, in days (one source: core.features.WINDOWS); the longest one sets
+#: the upstream window.
+FEATURE_WINDOWS_DAYS: tuple[int, ...] = WINDOWS
 LONGEST_WINDOW_DAYS = max(FEATURE_WINDOWS_DAYS)
 
 daily_partitions = dg.DailyPartitionsDefinition(

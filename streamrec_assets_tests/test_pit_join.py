@@ -574,3 +574,15 @@ def test_on_s3_equals_local(graph_32, tmp_path, monkeypatch):
         assert result.files["user_features"][0] == f"s3://{bucket}/pit/storage/user_features/date=2026-01-13/data.parquet"
         assert_same(result.frame, historical_features(local_store, impressions))
         assert_same(historical_features(store, edges), historical_features(local_store, edges))
+
+
+def test_online_through_reads_feasts_record_of_materialised_intervals(handmade):
+    from streamrec_assets.assets.feature_store import feature_day_bounds
+    from streamrec_assets.feature_repo import online_through
+
+    store = get_store(handmade)
+    assert online_through(store) is None, "nothing materialised yet"
+    start, _ = feature_day_bounds("2026-01-01")
+    _, end = feature_day_bounds("2026-01-05")  # what feast_feature_views uses for the range 01-01..01-05
+    store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
+    assert online_through(get_store(handmade)) == "2026-01-05"

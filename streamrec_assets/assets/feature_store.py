@@ -55,7 +55,13 @@ def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     "into the online store. One row per (day, feature view): version, rows, features.",
 )
 def feast_feature_views(context: dg.AssetExecutionContext, storage: Storage, feast: FeastResource):
-    from streamrec_assets.feature_repo import FEATURE_VIEWS, declared_fields, feature_objects, view_version
+    from streamrec_assets.feature_repo import (
+        FEATURE_VIEWS,
+        declared_fields,
+        feature_objects,
+        online_through,
+        view_version,
+    )
 
     days = list(context.partition_keys)
     settings = feast.settings()
@@ -70,7 +76,7 @@ def feast_feature_views(context: dg.AssetExecutionContext, storage: Storage, fea
     # The online store keeps the latest value per entity: one materialisation over the whole range
     # writes each entity's newest row. A backfill of days older than what is already online must not
     # overwrite newer values, so it only refreshes the offline side (the Parquet partitions themselves).
-    newest_online = _newest_materialized_day(context)
+    newest_online = online_through(store)  # Feast's record of materialised intervals
     online = newest_online is None or days[-1] >= newest_online
     if online:
         start, _ = feature_day_bounds(days[0])
@@ -217,8 +223,3 @@ def _online_dates(storage: Storage, store, day: str, views) -> dict[str, list[st
         ids = read_parquet(storage.path(view, day, "data.parquet"), columns=[key])[key].head(ONLINE_PROBE_ENTITIES)
         out[view] = online_feature_days(store, view, ids)
     return out
-
-
-def _newest_materialized_day(context: dg.AssetExecutionContext) -> str | None:
-    done = context.instance.get_materialized_partitions(context.asset_key)
-    return max(done) if done else None

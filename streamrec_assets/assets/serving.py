@@ -102,11 +102,11 @@ def batch_recommendations(
         recommendation_table,
         serving_candidates,
     )
-    from streamrec_assets.feature_repo import feature_refs
+    from streamrec_assets.feature_repo import feature_refs, online_through
 
     champions = ChampionAsOf(context, mlflow)
     feast_store: dict = {}
-    online_day = _online_day(context)
+    online_day = online_through(feast.store())  # the newest feature day online (Feast's record)
     consumed_by = ConsumptionWindow(raw_events, item_catalog)
 
     def store_and_refs():
@@ -230,12 +230,6 @@ class ConsumptionWindow:
             if day not in present:
                 del self._days[day]
         return consumption((self._days[d] for d in present), users)
-
-
-def _online_day(context: dg.AssetExecutionContext) -> str | None:
-    """The newest feature day in the online store (feast_feature_views materialises the newest range)."""
-    done = context.instance.get_materialized_partitions(dg.AssetKey("feast_feature_views"))
-    return max(done) if done else None
 
 
 def _online_lookup(store, batch_rows: int):

@@ -245,6 +245,32 @@ def enable_s3(endpoint_url: str) -> None:
     _S3_READY.add(endpoint_url)
 
 
+def online_through(store: FeatureStore, views=FEATURE_VIEWS) -> str | None:
+    """The newest feature day that every view's online store holds, from Feast's own record of
+    materialised intervals (``FeatureView.most_recent_end_time``); None before any materialisation.
+
+    Feature rows of day D are stamped D+1 00:00 UTC and materialised over a window ending after
+    that stamp (``feast_feature_views`` uses D+1 12:00), so the newest day is the last whole day
+    before the interval's end, minus one.
+    """
+    import pandas as pd
+
+    ends = []
+    for view in views:
+        try:
+            fv = store.registry.get_feature_view(view, store.project, allow_cache=False)
+        except Exception:  # noqa: BLE001 - no registry or no such view yet: nothing online
+            return None
+        if fv.most_recent_end_time is None:
+            return None
+        end = pd.Timestamp(fv.most_recent_end_time)
+        ends.append(end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC"))
+    if not ends:
+        return None
+    newest = min(ends) - pd.Timedelta(microseconds=1)
+    return (newest.floor("D") - pd.Timedelta(days=1)).date().isoformat()
+
+
 def feature_refs(store: FeatureStore) -> list[str]:
     """``view:feature`` references of every feature of the StreamRec views."""
     return [f"{view}:{f.name}" for view in FEATURE_VIEWS for f in store.get_feature_view(view).features]
