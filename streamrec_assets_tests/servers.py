@@ -51,12 +51,14 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) 
     raise RuntimeError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, grace: float = 5) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds (test servers: nothing to flush)."""
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(timeout=20)
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:

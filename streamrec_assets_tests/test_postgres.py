@@ -114,7 +114,8 @@ def pg_dagster_home(postgres, tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMREC_", "MLFLOW_"))}
-    env.update(pg_env, DAGSTER_HOME=str(home), STREAMREC_HOME=str(tmp_path / "streamrec"), PYTHONWARNINGS="ignore")
+    env.update(pg_env, DAGSTER_HOME=str(home), STREAMREC_HOME=str(tmp_path / "streamrec"), PYTHONWARNINGS="ignore",
+               STREAMREC_EXECUTOR="in_process")  # this test is about instance storage
     return home, env, postgres
 
 

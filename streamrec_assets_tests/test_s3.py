@@ -78,6 +78,8 @@ def test_whole_graph_on_s3(s3, mlflow_server, tmp_path):
         STREAMREC_STORAGE_URI=f"s3://{BUCKET}/run/storage", STREAMREC_LANDING_URI=f"s3://{BUCKET}/run/landing",
         STREAMREC_S3_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET,
         AWS_DEFAULT_REGION="us-east-1", MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_S3_ENDPOINT_URL=endpoint,
+        # Steps in the run's process: this test is about storage; test_cli covers the default executor.
+        STREAMREC_EXECUTOR="in_process",
     )
     gen = subprocess.run([str(BIN / "streamrec"), "generate", "--start", "2026-01-01", "--end", "2026-01-04",
                           "--events-per-day", "500"], env=env, cwd=REPO, capture_output=True, text=True)
