@@ -240,6 +240,7 @@ def drift_run(tmp_path_factory):
         yield settings, instance, result
 
 
+@pytest.mark.slow  # materialises 20 days of tiny data
 def test_psi_check_fails_on_the_drifted_day_only(drift_run):
     settings, instance, result = drift_run
     assert result.success  # the check warns, it never blocks
