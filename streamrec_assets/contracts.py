@@ -272,11 +272,10 @@ item_daily_activity_schema = _activity_schema("item_id", "distinct_users_played"
 
 
 def _features_schema(entity: str, name: str, extra: dict[str, pa.Column]) -> pa.DataFrameSchema:
-    from streamrec_assets.core.features import RATE_WINDOWS
-    from streamrec_assets.partitions import FEATURE_WINDOWS_DAYS
+    from streamrec_assets.core.features import RATE_WINDOWS, WINDOWS
 
     who = _ENTITY[entity]
-    longest = max(FEATURE_WINDOWS_DAYS)
+    longest = max(WINDOWS)
 
     def trailing(w: int) -> str:
         return "on the feature day" if w == 1 else f"in the trailing {w} days (the feature day and the {w - 1} before)"
@@ -303,7 +302,7 @@ def _features_schema(entity: str, name: str, extra: dict[str, pa.Column]) -> pa.
         ),
     }
     watched = "Seconds the user watched" if entity == "user_id" else "Seconds of the item watched (all users)"
-    for w in FEATURE_WINDOWS_DAYS:
+    for w in WINDOWS:
         for c in _COUNTS:
             columns[f"{c}_{w}d"] = pa.Column(
                 "int64", pa.Check.ge(0), nullable=False, description=f"Number of {_COUNTED[c]} of {who} {trailing(w)}."
@@ -323,7 +322,7 @@ def _features_schema(entity: str, name: str, extra: dict[str, pa.Column]) -> pa.
             name=f"{c}_{a}d_le_{b}d",
         )
         for c in ("plays", "impressions")
-        for a, b in zip(FEATURE_WINDOWS_DAYS, FEATURE_WINDOWS_DAYS[1:], strict=False)
+        for a, b in zip(WINDOWS, WINDOWS[1:], strict=False)
     ]
     return pa.DataFrameSchema(
         columns,

@@ -13,10 +13,8 @@ import dagster as dg
 from streamrec_assets.core.features import WINDOWS
 from streamrec_assets.settings import get_settings
 
-#: The rolling feature windows, in days (one source: core.features.WINDOWS); the longest one sets
-#: the upstream window.
-FEATURE_WINDOWS_DAYS: tuple[int, ...] = WINDOWS
-LONGEST_WINDOW_DAYS = max(FEATURE_WINDOWS_DAYS)
+#: The longest rolling feature window (core.features.WINDOWS) sets the upstream window.
+LONGEST_WINDOW_DAYS = max(WINDOWS)
 
 daily_partitions = dg.DailyPartitionsDefinition(
     start_date=get_settings().start_date,

@@ -105,15 +105,15 @@ def batch_recommendations(
     from streamrec_assets.feature_repo import feature_refs, online_through
 
     champions = ChampionAsOf(context, mlflow)
-    feast_store: dict = {}
-    online_day = online_through(feast.store())  # the newest feature day online (Feast's record)
     consumed_by = ConsumptionWindow(raw_events, item_catalog)
+    feast_store = feast.store()
+    online_day = online_through(feast_store)  # the newest feature day online (Feast's record)
+    refs: list[str] = []
 
     def store_and_refs():
-        if not feast_store:
-            store = feast.store()
-            feast_store.update(store=store, refs=feature_refs(store))
-        return feast_store["store"], feast_store["refs"]
+        if not refs:  # only when the champion ranks: the popularity fallback never reads features
+            refs.extend(feature_refs(feast_store))
+        return feast_store, refs
 
     def compute(day: str) -> DayResult:
         t0 = time.perf_counter()
@@ -221,7 +221,8 @@ class ConsumptionWindow:
     def window(self, days: list[str], users) -> pd.DataFrame:
         from streamrec_assets.core.serving import CONSUMPTION_EVENT_COLUMNS, consumption, consumption_of_day
 
-        present = [d for d in days if d in set(self.raw_events.present)]
+        available = set(self.raw_events.present)
+        present = [d for d in days if d in available]
         for day in present:
             if day not in self._days:
                 events = self.raw_events.read(day, CONSUMPTION_EVENT_COLUMNS)
