@@ -50,7 +50,6 @@ def feature_day_bounds(day: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     ],
     retry_policy=STORAGE_RETRY,
     automation_condition=EAGER_GATED,
-    code_version="1",
     description="Feast entities/sources/feature views applied, and the day's feature values materialised "
     "into the online store. One row per (day, feature view): version, rows, features.",
 )

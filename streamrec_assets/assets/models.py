@@ -52,7 +52,6 @@ BEATS_POPULARITY_CHECK = "beats_popularity"
             "its sha256, best iteration, validation NDCG@20 and features; an untrained day names no model.",
         )
     ],
-    code_version="1",
     automation_condition=EAGER_GATED,
     freshness_policy=MODELS_FRESHNESS,
     retry_policy=STORAGE_RETRY,
@@ -175,7 +174,6 @@ class EvaluationConfig(dg.Config):
             blocking=False,
         ),
     ],
-    code_version="1",
     automation_condition=EAGER_GATED,
     freshness_policy=MODELS_FRESHNESS,
     description="Hold-out evaluation on day D vs a popularity baseline and an oracle: the data source's "

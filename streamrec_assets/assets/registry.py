@@ -87,7 +87,6 @@ class RegistryConfig(dg.Config):
     retry_policy=STORAGE_RETRY,
     automation_condition=EAGER_GATED,
     freshness_policy=MODELS_FRESHNESS,
-    code_version="1",
     description="A registered MLflow version of streamrec-ranker per trained day (alias challenger), promoted "
     "to champion by the NDCG@20 gate; exactly one version per input fingerprint and one recorded decision, "
     "also under concurrent runs. One row per day: version, run, registration, decision and reason. Each "

@@ -114,7 +114,6 @@ def _play_events(raw_events: PartitionReader, day: str):
         COPLAY_PAIRS: dg.AssetOut(
             kinds={"parquet"},
             is_required=False,  # subsettable (can_subset): the step writes all three anyway
-            code_version="1",
             automation_condition=EAGER_GATED,
             description="Per day and unordered item pair (item_lo < item_hi): d1..d5 = how often the two items "
             "were played 1..5 plays apart in one user's play sequence of the day (time order).",
@@ -122,14 +121,12 @@ def _play_events(raw_events: PartitionReader, day: str):
         COPLAY_HISTORY: dg.AssetOut(
             kinds={"parquet"},
             is_required=False,  # subsettable (can_subset): the step writes all three anyway
-            code_version="1",
             automation_condition=EAGER_GATED,
             description="Per day, user and item played: the latest play (last_played) and the number of plays.",
         ),
         COPLAY_EDGES: dg.AssetOut(
             kinds={"parquet"},
             is_required=False,  # subsettable (can_subset): the step writes all three anyway
-            code_version="1",
             automation_condition=EAGER_GATED,
             description="The first and last 5 plays of each user's day (pos from the first play, rpos from the "
             "last): the carry-over that rebuilds co-visitation pairs spanning day boundaries.",
@@ -184,7 +181,6 @@ def daily_coplay(context: dg.AssetExecutionContext, storage: Storage, raw_events
             "status ok iff the model has items (and plays in its window), no Recall@100 without a model.",
         )
     ],
-    code_version="1",
     automation_condition=EAGER_GATED,
     description="Candidate generation: item co-visitation over the plays of the 28 days before D, with a "
     "popularity fallback for cold users, combined from the daily_coplay aggregates of [D-28, D-1] (never "

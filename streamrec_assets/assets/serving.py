@@ -76,7 +76,6 @@ class ServingConfig(dg.Config):
     retry_policy=STORAGE_RETRY,
     automation_condition=EAGER_GATED,
     freshness_policy=MODELS_FRESHNESS,
-    code_version="3",
     description="Top-20 items for each user active on day D (to serve on D+1), from day one: retrieval "
     "candidates with a popularity fallback, minus the items the exclusion policy removes (default: completed "
     "in [D-28, D]), ranked by the registry's champion as of D (popularity before the first promotion), with "

@@ -30,7 +30,6 @@ LEAKAGE_CHECK = "no_feature_leakage"
     ],
     retry_policy=STORAGE_RETRY,
     automation_condition=EAGER_GATED,
-    code_version="1",
     description="One row per impression of the day with a graded label (2 completed play, 1 play, 0 none) "
     "and user/item features fetched through Feast as of the impression time.",
 )
