@@ -34,7 +34,8 @@ START, DAY = "2026-01-01", "2026-01-29"
 HISTORY = [
     (("user_catalog", "item_catalog"), None, None),
     (("raw_events", "raw_events_dlq", "user_daily_activity", "item_daily_activity", "daily_coplay_pairs",
-      "daily_coplay_history", "daily_coplay_edges", "user_features", "item_features"), "2026-01-01", "2026-01-28"),
+      "daily_coplay_history", "daily_coplay_edges", "user_item_daily_outcomes", "user_features", "item_features",
+      "taste_model"), "2026-01-01", "2026-01-28"),
     (("feast_feature_views",), "2026-01-28", "2026-01-28"),
     (("training_examples",), "2026-01-15", "2026-01-28"),
 ]
@@ -43,8 +44,10 @@ STEPS = [
     ("user_daily_activity",),
     ("item_daily_activity",),
     ("daily_coplay_pairs", "daily_coplay_history", "daily_coplay_edges"),
+    ("user_item_daily_outcomes",),
     ("user_features",),
     ("item_features",),
+    ("taste_model",),
     ("feast_feature_views",),
     ("training_examples",),
     ("retrieval_model",),

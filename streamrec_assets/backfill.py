@@ -33,8 +33,8 @@ from pathlib import Path
 #: Graph layers in dependency order; ``serial`` layers run their sub-ranges one at a time.
 LAYERS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("ingest", ("raw_events", "raw_events_dlq", "user_daily_activity", "item_daily_activity",
-                "daily_coplay_pairs", "daily_coplay_history", "daily_coplay_edges"), False),
-    ("features", ("user_features", "item_features"), False),
+                "daily_coplay_pairs", "daily_coplay_history", "daily_coplay_edges", "user_item_daily_outcomes"), False),
+    ("features", ("user_features", "item_features", "taste_model"), False),
     ("feature_store", ("feast_feature_views",), True),
     ("training_data", ("training_examples", "retrieval_model"), False),
     ("ranking", ("ranking_model",), False),

@@ -431,11 +431,20 @@ training_examples_schema = pa.DataFrameSchema(
         ),
         "item_age_days": pa.Column(
             float, nullable=True,
-            description="Days from the item's release_date to the impression (fractional).",
+            description="Days from the item's release_date to the start of the impression's day (00:00 UTC, the "
+            "instant every feature of a ranked day is as of).",
         ),
         "item_duration_seconds": _doc_only("The item's duration_seconds from item_catalog."),
         "item_genre_code": _doc_only("The item's genre as a number: its index in the sorted catalogue genres."),
-        "user_tenure_days": _doc_only("Days from the user's signup_date to the impression (fractional)."),
+        "user_tenure_days": _doc_only("Days from the user's signup_date to the start of the impression's day."),
+        "taste_score": pa.Column(
+            float, nullable=True,
+            description="The taste model of the day before: logit of P(play | impression) for the user and item "
+            "(global + item + user-genre bias + latent dot); null for a user or item it has not seen.",
+        ),
+        "taste_dot": _doc_only("The taste model's latent part U_user · V_item (collaborative); null if unseen."),
+        "taste_item_bias": _doc_only("The taste model's item appeal beyond exposure; null for an unseen item."),
+        "taste_user_genre_bias": _doc_only("The taste model's user taste for the item's genre; null if unseen."),
     },
     checks=[
         pa.Check(
@@ -694,6 +703,65 @@ ranking_model_schema = pa.DataFrameSchema(
     strict=True,
     ordered=True,
     name="ranking_model",
+)
+
+#: A day's labelled impressions per (user, item) (``user_item_daily_outcomes/date=D/data.parquet``).
+user_item_daily_outcomes_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col("Day of the impressions (YYYY-MM-DD, UTC): the daily partition key."),
+        "user_id": pa.Column("int64", nullable=False, description="The user shown the item."),
+        "item_id": pa.Column("int64", nullable=False, description="The item shown."),
+        "genre_code": pa.Column(
+            "int64", pa.Check.ge(-1), nullable=False,
+            description="The item's genre: its index among the catalogue's sorted genres (-1 unknown).",
+        ),
+        "impressions": pa.Column("int64", pa.Check.ge(1), nullable=False,
+                                 description="Impressions of the item to the user on the day."),
+        "positives": pa.Column("int64", pa.Check.ge(0), nullable=False,
+                               description="Those impressions that led to a play (training_examples label > 0)."),
+        "completions": pa.Column("int64", pa.Check.ge(0), nullable=False,
+                                 description="Those that led to a completed play (label 2)."),
+    },
+    checks=[
+        pa.Check(lambda df: ~df.duplicated(["date", "user_id", "item_id"]), name="one_row_per_pair"),
+        pa.Check(lambda df: df["positives"] <= df["impressions"], name="positives_within_impressions"),
+        pa.Check(lambda df: df["completions"] <= df["positives"], name="completions_within_positives"),
+    ],
+    strict=True,
+    ordered=True,
+    name="user_item_daily_outcomes",
+)
+
+#: The taste model's card (``taste_model/date=D/data.parquet``): one row per day.
+taste_model_schema = pa.DataFrameSchema(
+    {
+        "date": _date_col("Model day D (YYYY-MM-DD): fitted on the outcomes of [D-27, D]; ranks D+1."),
+        "status": pa.Column(
+            str, pa.Check.isin(MODEL_STATUSES), nullable=False,
+            description="'ok' (the model knows users and items) or 'insufficient_history' (no impressions).",
+        ),
+        "trained_through": _date_col("Last day of outcomes the model saw: D itself (YYYY-MM-DD)."),
+        "window_days": pa.Column("int64", pa.Check.in_range(0, 28), nullable=False,
+                                 description="Days of the 28-day window that had outcomes."),
+        "users": pa.Column("int64", pa.Check.ge(0), nullable=False, description="Users with parameters."),
+        "items": pa.Column("int64", pa.Check.ge(0), nullable=False, description="Items with parameters."),
+        "pairs": pa.Column("int64", pa.Check.ge(0), nullable=False, description="(user, item) pairs fitted."),
+        "impressions": pa.Column("int64", pa.Check.ge(0), nullable=False, description="Impressions fitted."),
+        "factors": pa.Column("int64", pa.Check.ge(1), nullable=False, description="Latent dimensions."),
+        "iterations": pa.Column("int64", pa.Check.ge(0), nullable=False, description="L-BFGS iterations run."),
+        "mean_log_likelihood": pa.Column(
+            "float64", pa.Check.le(0), nullable=True,
+            description="Penalised log-likelihood per impression at the optimum (higher is better); null untrained.",
+        ),
+    },
+    checks=[
+        pa.Check(lambda df: ~df.duplicated(["date"]), name="one_card_per_day"),
+        pa.Check(lambda df: df["trained_through"] == df["date"], name="trained_through_the_day"),
+        pa.Check(lambda df: (df["status"] == "ok") == ((df["users"] > 0) & (df["items"] > 0)), name="ok_iff_fitted"),
+    ],
+    strict=True,
+    ordered=True,
+    name="taste_model",
 )
 
 #: The retrieval model's card (``retrieval_model/date=D/data.parquet``): one row per day.

@@ -18,6 +18,7 @@ from streamrec_assets.assets import (
     registry,
     retrieval,
     serving,
+    taste,
     training,
 )
 from streamrec_assets.automation import build_daily_schedule
@@ -110,7 +111,7 @@ with warnings.catch_warnings():  # code references are a beta feature of Dagster
             _annotate,
             with_code_versions(
                 dg.load_assets_from_modules(
-                    [ingest, features, feature_store, training, retrieval, models, registry, serving, drift]
+                    [ingest, features, feature_store, training, retrieval, taste, models, registry, serving, drift]
                 )
             ),
         )

@@ -165,3 +165,34 @@ def test_missing_upstream_partition_is_reported_by_name(pipeline, tmp_path):
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = str(failure.event_specific_data.error)
     assert "user_daily_activity" in message and "2026-01-20" in message and "Materialise them first" in message
+
+
+def test_ranker_rows_carry_the_taste_model_of_the_day_before(pipeline):
+    """Training examples and evaluation slates of day X carry taste_model[X-1]'s scores (as of X 00:00);
+    the first day has no model before it; the outcomes reconcile with the labelled examples."""
+    from streamrec_assets.assets.taste import load_taste
+    from streamrec_assets.core.taste import TASTE_FEATURES
+    from streamrec_assets.resources import Storage
+
+    settings, _, _ = pipeline
+    storage = Storage(base_uri=settings.storage_uri)
+    first = read(settings, "training_examples", [START])
+    assert first[TASTE_FEATURES].isna().all().all()
+    for day, before in (("2026-01-20", "2026-01-19"), (END, days(START, END)[-2])):
+        examples = read(settings, "training_examples", [day])
+        taste = load_taste(storage, before)
+        expected = taste.scores(examples["user_id"].to_numpy(), examples["item_id"].to_numpy(),
+                                examples["item_genre_code"].to_numpy())
+        pd.testing.assert_frame_equal(examples[TASTE_FEATURES].reset_index(drop=True), expected,
+                                      check_dtype=False)
+        assert examples["taste_score"].notna().mean() > 0.5, day
+        outcomes = read(settings, "user_item_daily_outcomes", [day])
+        assert int(outcomes["impressions"].sum()) == len(examples)
+        assert int(outcomes["positives"].sum()) == int((examples["label"] > 0).sum())
+    slates = storage.read_table("model_evaluation", END, "evaluation_set.parquet")
+    taste = load_taste(storage, days(START, END)[-2])
+    expected = taste.scores(slates["user_id"].to_numpy(), slates["item_id"].to_numpy(),
+                            slates["item_genre_code"].to_numpy())
+    pd.testing.assert_frame_equal(slates[TASTE_FEATURES].reset_index(drop=True), expected, check_dtype=False)
+    card = read(settings, "taste_model", [END]).iloc[0]
+    assert card["status"] == "ok" and card["window_days"] == 28 and card["trained_through"] == END

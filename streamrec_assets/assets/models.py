@@ -20,7 +20,7 @@ from streamrec_assets.assets.retrieval import N_CANDIDATES, OK
 from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
 from streamrec_assets.core.dates import day_offset, window_days
 from streamrec_assets.core.evaluation import METHODS, LiftVerdict, oracle_lift_captured
-from streamrec_assets.partitions import daily_partitions, single_run
+from streamrec_assets.partitions import daily_partitions, previous_day_mapping, single_run
 from streamrec_assets.resources import FeastResource, LandingZone, Storage
 from streamrec_assets.storage import PartitionReader
 
@@ -163,6 +163,7 @@ class EvaluationConfig(dg.Config):
     backfill_policy=single_run,
     retry_policy=STORAGE_RETRY,
     ins={"raw_events": dg.AssetIn(partition_mapping=EVALUATION_CONSUMPTION_MAPPING)},
+    deps=[dg.AssetDep("taste_model", partition_mapping=previous_day_mapping)],
     check_specs=[
         contract_check_spec("model_evaluation"),
         check_spec(
@@ -196,6 +197,7 @@ def model_evaluation(
 ):
     from streamrec_assets.assets.retrieval import load_retrieval
     from streamrec_assets.assets.serving import ConsumptionWindow
+    from streamrec_assets.assets.taste import taste_before
     from streamrec_assets.core.evaluation import (
         beats_popularity,
         evaluation_table,
@@ -208,7 +210,7 @@ def model_evaluation(
     from streamrec_assets.core.metrics import rank_by_score
     from streamrec_assets.core.ranking import score
     from streamrec_assets.core.serving import consumption_days, excluded_pairs
-    from streamrec_assets.core.training import add_context_features, label_impressions
+    from streamrec_assets.core.training import add_context_features, label_impressions, ranking_time
     from streamrec_assets.feature_repo import historical_features
 
     store = feast.store()
@@ -230,12 +232,12 @@ def model_evaluation(
         plays = plays[plays["user_id"].isin(users)]
         retrieval = load_retrieval(storage, day)
         allowed = item_catalog.loc[item_catalog["release_date"] <= day, "item_id"].to_numpy()
-        as_of = pd.Timestamp(day, tz="UTC")
+        as_of = ranking_time(day)
         model_bytes = storage.read_bytes("ranking_model", day, "model.ubj")
 
-        # Ranking: re-order each user's logged impressions of day D (features as of the start of D).
+        # Ranking: re-order each user's logged impressions of day D (every feature as of the start of D).
         feats = historical_features(store, slates.assign(event_timestamp=as_of))
-        feats = add_context_features(feats, item_catalog, user_catalog, as_of)
+        feats = add_context_features(feats, item_catalog, user_catalog, as_of, taste_before(storage, day))
         feats["score"] = score(model_bytes, feats)
         popularity = slates[["user_id", "item_id"]].merge(retrieval.popularity, on="item_id", how="left")
         ranking = {

@@ -64,7 +64,7 @@ class ServingConfig(dg.Config):
     partitions_def=daily_partitions,
     backfill_policy=single_run,
     ins={"raw_events": dg.AssetIn(partition_mapping=CONSUMPTION_MAPPING)},
-    deps=["registered_model", "feast_feature_views", "retrieval_model"],
+    deps=["registered_model", "feast_feature_views", "retrieval_model", "taste_model"],
     check_specs=[
         contract_check_spec(
             ASSET,
@@ -92,6 +92,7 @@ def batch_recommendations(
     user_catalog: pd.DataFrame,
 ):
     from streamrec_assets.assets.retrieval import load_retrieval
+    from streamrec_assets.assets.taste import load_taste
     from streamrec_assets.core.serving import (
         CANDIDATE_SOURCES,
         consumption_days,
@@ -133,8 +134,10 @@ def batch_recommendations(
             lookup = _online_lookup(store, config.batch_rows) if source == ONLINE else _offline_lookup(store, as_of)
             entity_features = lookup_entities(cands, refs, lookup)
         t2 = time.perf_counter()
+        # Ranked as of D+1 00:00 (as_of): the Feast rows and the taste model of D.
+        taste = load_taste(storage, day) if model_bytes is not None else None
         top = recommend(cands, model_bytes, item_catalog, user_catalog, as_of, entity_features, TOP_K,
-                        config.score_rows, popularity=retrieval.popularity)
+                        config.score_rows, popularity=retrieval.popularity, taste=taste)
         recs = recommendation_table(top, day, version, source)
         t3 = time.perf_counter()
         per_user = recs.groupby("user_id").size()

@@ -18,7 +18,10 @@ LEAKAGE_CHECK = "no_feature_leakage"
     kinds={"feast", "parquet"},
     partitions_def=daily_partitions,
     backfill_policy=single_run,
-    deps=[dg.AssetDep("feast_feature_views", partition_mapping=previous_day_mapping)],
+    deps=[
+        dg.AssetDep("feast_feature_views", partition_mapping=previous_day_mapping),
+        dg.AssetDep("taste_model", partition_mapping=previous_day_mapping),
+    ],
     check_specs=[
         contract_check_spec("training_examples"),
         check_spec(
@@ -30,8 +33,9 @@ LEAKAGE_CHECK = "no_feature_leakage"
     ],
     retry_policy=STORAGE_RETRY,
     automation_condition=EAGER_GATED,
-    description="One row per impression of the day with a graded label (2 completed play, 1 play, 0 none) "
-    "and user/item features fetched through Feast as of the impression time.",
+    description="One row per impression of the day with a graded label (2 completed play, 1 play, 0 none), "
+    "the user/item features fetched through Feast as of the impression time (the rows of the day before), "
+    "and the context and taste_* features as of the start of the day (the taste model of the day before).",
 )
 def training_examples(
     context: dg.AssetExecutionContext,
@@ -41,11 +45,13 @@ def training_examples(
     item_catalog: pd.DataFrame,
     user_catalog: pd.DataFrame,
 ):
+    from streamrec_assets.assets.taste import taste_before
     from streamrec_assets.core.training import (
         add_context_features,
         feature_coverage,
         label_impressions,
         leaked_rows,
+        ranking_time,
     )
     from streamrec_assets.feature_repo import feature_row_audit, historical_features
 
@@ -54,7 +60,9 @@ def training_examples(
     def compute(day: str) -> DayResult:
         examples = label_impressions(raw_events.read(day), item_catalog)
         joined = historical_features(store, examples)
-        joined = add_context_features(joined, item_catalog, user_catalog, joined["event_timestamp"])
+        # Context and taste as of the start of the day, as evaluation and serving see them (core.training).
+        joined = add_context_features(joined, item_catalog, user_catalog, ranking_time(joined["date"]),
+                                      taste_before(storage, day))
         # Which feature row the join gave each example (its partition day): the audit of the blocking
         # no_feature_leakage check (feature tables' `date` is not a Feast feature).
         leaks = leaked_rows(feature_row_audit(store, examples).assign(date=examples["date"].to_numpy()))

@@ -373,13 +373,15 @@ def model_scores(
     users: pd.DataFrame,
     as_of: pd.Timestamp,
     matrices: Sequence[FeatureMatrix] = (),
+    taste=None,
 ) -> pd.DataFrame:
     """``user_id, item_id, score`` of candidate pairs: the entity features joined from ``matrices``
-    (or the pairs' own feature columns), plus the context features of ``as_of``, scored by the model."""
+    (or the pairs' own feature columns), plus the context features of ``as_of`` and the ``taste``
+    model's scores, scored by the model."""
     from streamrec_assets.core.ranking import score
     from streamrec_assets.core.training import add_context_features
 
-    feats = add_context_features(join_entity_features(pairs, matrices), items, users, as_of)
+    feats = add_context_features(join_entity_features(pairs, matrices), items, users, as_of, taste)
     return feats[["user_id", "item_id"]].assign(score=score(model_bytes, feats))
 
 
@@ -403,6 +405,7 @@ def recommend(
     k: int = TOP_K,
     slice_rows: int = 500_000,
     popularity: pd.DataFrame | None = None,
+    taste=None,
 ) -> pd.DataFrame:
     """Top-``k`` recommendations of every user of ``cands`` (``user_id, item_id, source``, sorted by user).
 
@@ -421,8 +424,9 @@ def recommend(
     matrices = feature_matrices(entity_features or {})
     items, users = with_timestamps(items, users)
     tops = [
-        top_recommendations(model_scores(part[["user_id", "item_id"]], model_bytes, items, users, as_of, matrices),
-                            part, k)
+        top_recommendations(
+            model_scores(part[["user_id", "item_id"]], model_bytes, items, users, as_of, matrices, taste), part, k
+        )
         for part in user_slices(cands, slice_rows)
     ]
     return pd.concat(tops, ignore_index=True)

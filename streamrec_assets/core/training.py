@@ -2,10 +2,16 @@
 
 * :func:`label_impressions`: one example per impression of a day, with a graded
   label — 2 if the impression led to a completed play, 1 to a play, 0 otherwise.
-* :func:`add_context_features`: features that come from the catalogues and the
-  user×item cross (the user's 28-day share of plays in the item's genre), added
-  to the Feast features of the same rows, identically for training, evaluation
-  and serving.
+* :func:`add_context_features`: features that come from the catalogues, the
+  user×item cross (the user's 28-day share of plays in the item's genre) and the
+  taste model (:mod:`streamrec_assets.core.taste`), added to the Feast features of
+  the same rows, identically for training, evaluation and serving.
+
+**One time for every feature.** A row ranked on day X (a training example or an
+evaluation slate of X, or a recommendation served on X) sees everything as of X
+00:00 UTC (:func:`ranking_time`): the Feast rows of X-1 (a feature row of day D is
+stamped D+1 00:00), the taste model of X-1, and item age and user tenure at X 00:00.
+Serving on D ranks D+1.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from streamrec_assets.core.features import COMPLETION_THRESHOLD, GENRE_SHARE_PREFIX, genre_slug
+from streamrec_assets.core.taste import TASTE_FEATURES
 
 EXAMPLE_KEYS = ["example_id", "date", "user_id", "item_id", "session_id", "event_timestamp"]
 USER_PREFIX = "user_features__"
@@ -26,7 +33,15 @@ CONTEXT_FEATURES = [
     "item_duration_seconds",
     "item_genre_code",
     "user_tenure_days",
+    *TASTE_FEATURES,
 ]
+
+
+def ranking_time(day) -> pd.Series | pd.Timestamp:
+    """The instant the features of a row ranked on ``day`` (a day or a Series of days) are as of: 00:00 UTC."""
+    if isinstance(day, pd.Series):
+        return pd.to_datetime(day.astype(str), utc=True)
+    return pd.Timestamp(str(day), tz="UTC")
 
 
 def label_impressions(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
@@ -66,11 +81,17 @@ def label_impressions(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame
 
 
 def add_context_features(
-    frame: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, as_of: pd.Series | pd.Timestamp
+    frame: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    as_of: pd.Series | pd.Timestamp,
+    taste=None,
 ) -> pd.DataFrame:
     """Add :data:`CONTEXT_FEATURES` to rows holding ``user_id``, ``item_id`` and Feast user features.
 
-    ``as_of`` (the example's timestamp) dates the item's age and the user's tenure.
+    ``as_of`` (:func:`ranking_time` of the ranked day) dates the item's age and the user's
+    tenure; ``taste`` (a :class:`~streamrec_assets.core.taste.TasteModel` as of the same
+    instant, or None without one) gives the ``taste_*`` scores (missing values without it).
     """
     out = frame.copy()
     genres = sorted(items["genre"].unique())
@@ -94,6 +115,13 @@ def add_context_features(
         out["user_genre_share_for_item"] = picked
     else:
         out["user_genre_share_for_item"] = np.nan
+    if taste is None:
+        for name in TASTE_FEATURES:
+            out[name] = np.nan
+    else:
+        scores = taste.scores(out["user_id"].to_numpy(), out["item_id"].to_numpy(), out["item_genre_code"].to_numpy())
+        for name in TASTE_FEATURES:
+            out[name] = scores[name].to_numpy()
     return out
 
 
