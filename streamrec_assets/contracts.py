@@ -619,10 +619,10 @@ MODEL_STATUSES = ("ok", "insufficient_history")
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
-def _day_before(df: pd.DataFrame, column: str) -> pd.Series:
-    """``df[column]`` is the day before ``df['date']``."""
+def _day_before(df: pd.DataFrame, column: str, days: int = 1) -> pd.Series:
+    """``df[column]`` is ``days`` days before ``df['date']`` (the day before by default)."""
     return pd.to_datetime(df[column], errors="coerce") == pd.to_datetime(df["date"], errors="coerce") - pd.Timedelta(
-        days=1
+        days=days
     )
 
 
@@ -659,7 +659,8 @@ def _untrained_card_empty(df: pd.DataFrame) -> pd.Series:
 #: The ranker's model card (``ranking_model/date=D/data.parquet``): one row per day.
 ranking_model_schema = pa.DataFrameSchema(
     {
-        "date": _date_col("Model day D (YYYY-MM-DD): trained on [D-14, D-2], early-stopped on D-1, evaluated on D."),
+        "date": _date_col("Model day D (YYYY-MM-DD): trained on [D-15, D-3], early-stopped on D-2, gated on D-1, "
+                          "evaluated on D."),
         "status": pa.Column(
             str, pa.Check.isin(MODEL_STATUSES), nullable=False,
             description="'ok' (a ranker was trained) or 'insufficient_history' (no model for the day).",
@@ -672,9 +673,9 @@ ranking_model_schema = pa.DataFrameSchema(
         ),
         "train_days": pa.Column(
             "int64", pa.Check.ge(0), nullable=False,
-            description="Days of the 13-day training window [D-14, D-2] that had training examples.",
+            description="Days of the 13-day training window [D-15, D-3] that had training examples.",
         ),
-        "validation_day": _date_col("The early-stopping day D-1 (YYYY-MM-DD)."),
+        "validation_day": _date_col("The early-stopping day D-2 (YYYY-MM-DD)."),
         "train_rows": pa.Column(
             "int64", pa.Check.ge(0), nullable=False, description="Training examples read from the window's days."
         ),
@@ -696,7 +697,7 @@ ranking_model_schema = pa.DataFrameSchema(
     },
     checks=[
         pa.Check(lambda df: ~df.duplicated(["date"]), name="one_card_per_day"),
-        pa.Check(lambda df: _day_before(df, "validation_day"), name="validated_on_the_day_before"),
+        pa.Check(lambda df: _day_before(df, "validation_day", days=2), name="early_stopped_two_days_before"),
         pa.Check(_trained_card_complete, name="trained_card_complete"),
         pa.Check(_untrained_card_empty, name="untrained_card_has_no_model"),
     ],

@@ -37,7 +37,7 @@ from streamrec_assets.core.registry import (
     skipped,
 )
 
-DAY, BEFORE = "2026-01-20", "2026-01-19"
+DAY, BEFORE, TWO_BEFORE = "2026-01-20", "2026-01-19", "2026-01-18"
 SHA = "ab" * 32
 
 
@@ -53,7 +53,7 @@ def failed(df: pd.DataFrame, schema) -> set[str]:
 def ranker_card(**changes) -> pd.DataFrame:
     card = {
         "date": DAY, "status": "ok", "model_uri": f"/s/ranking_model/date={DAY}/model.ubj", "model_sha256": SHA,
-        "train_days": 13, "validation_day": BEFORE, "train_rows": 900, "validation_rows": 80,
+        "train_days": 13, "validation_day": TWO_BEFORE, "train_rows": 900, "validation_rows": 80,
         "best_iteration": 12, "validation_ndcg_at_20": 0.71, "features": json.dumps(["f1", "f2"]),
         "params": json.dumps({"eta": 0.1}),
     }
@@ -72,7 +72,8 @@ def test_ranking_model_card_contract():
     assert failed(ranker_card(**{**UNTRAINED, "model_uri": "/x/model.ubj"}), ranking_model_schema) == {
         "untrained_card_has_no_model"
     }
-    assert failed(ranker_card(validation_day=DAY), ranking_model_schema) == {"validated_on_the_day_before"}
+    assert failed(ranker_card(validation_day=DAY), ranking_model_schema) == {"early_stopped_two_days_before"}
+    assert failed(ranker_card(validation_day=BEFORE), ranking_model_schema) == {"early_stopped_two_days_before"}
     assert "in_range(0, 1)" in failed(ranker_card(validation_ndcg_at_20=1.5), ranking_model_schema)
     assert failed(ranker_card(status="trained"), ranking_model_schema)
     two = pd.concat([ranker_card(), ranker_card()], ignore_index=True)

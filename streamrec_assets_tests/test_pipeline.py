@@ -170,6 +170,7 @@ def test_missing_upstream_partition_is_reported_by_name(pipeline, tmp_path):
 def test_ranker_rows_carry_the_taste_model_of_the_day_before(pipeline):
     """Training examples and evaluation slates of day X carry taste_model[X-1]'s scores (as of X 00:00);
     the first day has no model before it; the outcomes reconcile with the labelled examples."""
+    from streamrec_assets.assets.models import EVALUATION_SET
     from streamrec_assets.assets.taste import load_taste
     from streamrec_assets.core.taste import TASTE_FEATURES
     from streamrec_assets.resources import Storage
@@ -189,10 +190,31 @@ def test_ranker_rows_carry_the_taste_model_of_the_day_before(pipeline):
         outcomes = read(settings, "user_item_daily_outcomes", [day])
         assert int(outcomes["impressions"].sum()) == len(examples)
         assert int(outcomes["positives"].sum()) == int((examples["label"] > 0).sum())
-    slates = storage.read_table("model_evaluation", END, "evaluation_set.parquet")
-    taste = load_taste(storage, days(START, END)[-2])
+    # the promotion gate's slates of END are those of END-1, with the taste of END-2
+    slates = storage.read_table("model_evaluation", END, EVALUATION_SET)
+    assert set(slates["date"]) == {days(START, END)[-2]}
+    taste = load_taste(storage, days(START, END)[-3])
     expected = taste.scores(slates["user_id"].to_numpy(), slates["item_id"].to_numpy(),
                             slates["item_genre_code"].to_numpy())
     pd.testing.assert_frame_equal(slates[TASTE_FEATURES].reset_index(drop=True), expected, check_dtype=False)
     card = read(settings, "taste_model", [END]).iloc[0]
     assert card["status"] == "ok" and card["window_days"] == 28 and card["trained_through"] == END
+
+
+def test_the_promotion_gate_is_decided_on_the_day_before_the_hold_out(pipeline):
+    """Train [D-15, D-3], early-stop D-2, gate D-1, report D: every judged decision names D-1."""
+    from datetime import date as _date
+
+    settings, _, _ = pipeline
+    cards = read(settings, "ranking_model", days(START, END)).set_index("date")
+    trained = cards[cards["status"] == "ok"]
+    assert len(trained)
+    for day, card in trained.iterrows():
+        assert (_date.fromisoformat(day) - _date.fromisoformat(card["validation_day"])).days == 2
+    rows = read(settings, "registered_model", days(START, END))
+    judged = rows[rows["decision"].isin(["promoted", "champion_kept"]) & (rows["champion_version"] >= 1)
+                  & rows["reason"].str.contains("challenger NDCG@20")]
+    assert len(judged)
+    for _, row in judged.iterrows():
+        gate = (_date.fromisoformat(row["date"]) - timedelta(days=1)).isoformat()
+        assert row["reason"].endswith(f"on {gate}"), row["reason"]

@@ -124,6 +124,9 @@ def test_promotion_gate():
     assert ok and ">=" in why and "v3" in why
     ok, why = promotion_decision(0.49, 0.5, 0.005, DAY, "3")
     assert not ok and "<" in why and DAY in why
+    # the reason names the day both models were scored on: the gate day (D-1), not the hold-out D
+    ok, why = promotion_decision(0.6, 0.5, 0.0, DAY, "3", gate_day="2026-01-09")
+    assert ok and why.endswith("on 2026-01-09")
 
 
 def test_refresh_history_and_latency_summary():

@@ -39,7 +39,7 @@ FEATURE_TABLES = ("user_features", "item_features")
 SCORE_TABLE = "batch_recommendations"
 SCORE_COLUMNS = ["date", "score", "model_version"]
 
-#: Day D reads the feature tables of [D-14, D]: the ranker's training window and D itself.
+#: Day D reads the feature tables of [D-14, D]: the 14 days before D (the span of days the ranker learns from) and D.
 reference_window_mapping = dg.TimeWindowPartitionMapping(start_offset=-RANKER_WINDOW_DAYS, end_offset=0)
 #: ... and the recommendations of [D-7, D] (missing days are skipped, e.g. before the first serving day).
 score_window_mapping = dg.TimeWindowPartitionMapping(start_offset=-SCORE_WINDOW_DAYS, end_offset=0)
@@ -102,14 +102,14 @@ def _number(value: float) -> float | None:
             PSI_CHECK,
             ASSET,
             f"No feature of user_features / item_features on the day has a PSI above the threshold (default "
-            f"{DEFAULT_PSI_THRESHOLD}) against the ranker's {RANKER_WINDOW_DAYS}-day training window. Warns, never "
+            f"{DEFAULT_PSI_THRESHOLD}) against the {RANKER_WINDOW_DAYS} days before it. Warns, never "
             "blocks; the metadata names the offending features.",
         ),
     ],
     retry_policy=STORAGE_RETRY,
     automation_condition=EAGER_GATED,
     description=f"Distribution drift of day D: PSI of every numeric feature of user_features and item_features "
-    f"against the {RANKER_WINDOW_DAYS} days before D (the ranker's training window; reference days with full "
+    f"against the {RANKER_WINDOW_DAYS} days before D (as many days as the ranker learns from; reference days with full "
     f"28-day history only), and of the champion's batch_recommendations scores against the {SCORE_WINDOW_DAYS} "
     "days before. One row per (day, table, feature) with PSI, reference/current means and a flag.",
 )

@@ -1,8 +1,11 @@
 """Group ``training``: the XGBoost ranker and the offline evaluation of the models.
 
 Model partition D is trained on days strictly before D and evaluated on day D,
-a true hold-out: the ranker on the training examples of [D-14, D-2] with early
-stopping on D-1 (retrieval: :mod:`streamrec_assets.assets.retrieval`). Models are
+a true hold-out. Three days, three jobs: the ranker trains on the training examples
+of [D-15, D-3] and early-stops on D-2; the registry's promotion gate compares it with
+the champion on the slates of D-1 (the *gate day*, seen by neither model); the
+reported hold-out metrics are those of D, which no decision has looked at
+(retrieval: :mod:`streamrec_assets.assets.retrieval`). Models are
 files in their own formats (XGBoost UBJSON) published with the partition's model
 card (``data.parquet``) in one write-audit-publish transaction.
 """
@@ -12,6 +15,7 @@ import json
 from typing import Literal
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -20,15 +24,21 @@ from streamrec_assets.assets.retrieval import N_CANDIDATES, OK
 from streamrec_assets.automation import EAGER_GATED, MODELS_FRESHNESS, STORAGE_RETRY
 from streamrec_assets.core.dates import day_offset, window_days
 from streamrec_assets.core.evaluation import METHODS, LiftVerdict, oracle_lift_captured
-from streamrec_assets.partitions import daily_partitions, previous_day_mapping, single_run
+from streamrec_assets.partitions import daily_partitions, single_run
 from streamrec_assets.resources import FeastResource, LandingZone, Storage
 from streamrec_assets.storage import PartitionReader
 
 GROUP = "training"
+#: The days of examples a ranker learns from: [D-15, D-2] (13 training days, then the early-stopping day).
 RANKER_WINDOW_DAYS = 14
-#: Days a ranker trains on once its window is full ([D-14, D-2]); before that, ``beats_popularity`` does not judge.
+#: Days a ranker trains on once its window is full ([D-15, D-3]); before that, ``beats_popularity`` does not judge.
 FULL_TRAIN_DAYS = RANKER_WINDOW_DAYS - 1
-EVALUATION_SET = "evaluation_set.parquet"
+#: The early-stopping day (D-2) and the promotion gate's day (D-1), as offsets from the model day D.
+EARLY_STOPPING_OFFSET = -2
+GATE_OFFSET = -1
+#: The gate day's scored slates (``model_evaluation/date=D/gate_set.parquet``), re-scored by the registry with
+#: the champion.
+EVALUATION_SET = "gate_set.parquet"
 INSUFFICIENT = "insufficient_history"
 BEATS_POPULARITY_CHECK = "beats_popularity"
 
@@ -41,7 +51,9 @@ BEATS_POPULARITY_CHECK = "beats_popularity"
     ins={
         "examples": dg.AssetIn(
             "training_examples",
-            partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-RANKER_WINDOW_DAYS, end_offset=-1),
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=EARLY_STOPPING_OFFSET - FULL_TRAIN_DAYS, end_offset=EARLY_STOPPING_OFFSET
+            ),
         )
     },
     pool="training",
@@ -56,7 +68,7 @@ BEATS_POPULARITY_CHECK = "beats_popularity"
     freshness_policy=MODELS_FRESHNESS,
     retry_policy=STORAGE_RETRY,
     description="XGBoost ranker (rank:ndcg, one query per user and day) trained on the training examples of "
-    "[D-14, D-2], early-stopped on D-1; saved in XGBoost's UBJSON format. The value is the model card. "
+    "[D-15, D-3], early-stopped on D-2 (D-1 is the promotion gate's day, D the hold-out); saved in XGBoost's UBJSON format. The value is the model card. "
     "Once registered_model has registered a day's ranker in MLflow, the partition carries an observation "
     "with its version, run id and links to both in the MLflow UI.",
 )
@@ -76,8 +88,9 @@ def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples:
     def compute(day: str) -> DayResult:
         # The window is streamed one day per XGBoost batch, reading only the keys, the label and
         # the features (core.ranking.train_ranker_batches): memory grows with one day, not 13.
-        validation_day = day_offset(day, -1)
-        window = [d for d in window_days(day, RANKER_WINDOW_DAYS - 1, end_offset=-2) if d in examples.present]
+        validation_day = day_offset(day, EARLY_STOPPING_OFFSET)
+        window = [d for d in window_days(day, FULL_TRAIN_DAYS, end_offset=EARLY_STOPPING_OFFSET - 1)
+                  if d in examples.present]
         heads = {d: head for d in window if (head := footer(d))[2]}
         valid_head = footer(validation_day) if validation_day in examples.present else (set(), pd.DataFrame(), 0)
         features = ranker_features(frame for _, frame, _ in heads.values())
@@ -163,7 +176,8 @@ class EvaluationConfig(dg.Config):
     backfill_policy=single_run,
     retry_policy=STORAGE_RETRY,
     ins={"raw_events": dg.AssetIn(partition_mapping=EVALUATION_CONSUMPTION_MAPPING)},
-    deps=[dg.AssetDep("taste_model", partition_mapping=previous_day_mapping)],
+    # Taste as of the hold-out D (model of D-1) and of the gate day D-1 (model of D-2).
+    deps=[dg.AssetDep("taste_model", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-2, end_offset=-1))],
     check_specs=[
         contract_check_spec("model_evaluation"),
         check_spec(
@@ -181,7 +195,8 @@ class EvaluationConfig(dg.Config):
     "reference ranking (the generator's hidden affinity), when the landing zone provides one for D; without "
     "it the oracle rows are left out. NDCG@20 of the ranking of each user's logged impressions of D (graded "
     "labels), Recall@100 of the retrieval candidates against D's plays. The value is the metrics table (one "
-    "row per day and method); the scored slates are kept next to it for the registry's promotion gate.",
+    "row per day and method). The ranker's scored slates of the gate day D-1 are kept next to it "
+    "(gate_set.parquet) for the registry's promotion gate, so no decision ever looks at the hold-out D.",
 )
 def model_evaluation(
     context: dg.AssetExecutionContext,
@@ -197,25 +212,21 @@ def model_evaluation(
 ):
     from streamrec_assets.assets.retrieval import load_retrieval
     from streamrec_assets.assets.serving import ConsumptionWindow
-    from streamrec_assets.assets.taste import taste_before
     from streamrec_assets.core.evaluation import (
         beats_popularity,
         evaluation_table,
         exclusion_effect,
-        impression_slates,
         recall_lists,
         relevance_of_day,
-        sample_users,
     )
     from streamrec_assets.core.metrics import rank_by_score
-    from streamrec_assets.core.ranking import score
+    from streamrec_assets.core.registry import ndcg_on
     from streamrec_assets.core.serving import consumption_days, excluded_pairs
-    from streamrec_assets.core.training import add_context_features, label_impressions, ranking_time
-    from streamrec_assets.feature_repo import historical_features
 
     store = feast.store()
     cards = ranking_model.set_index("date")
     consumed_by = ConsumptionWindow(raw_events, item_catalog)
+    slater = _Slates(store, storage, item_catalog, user_catalog, config.max_users)
 
     def compute(day: str) -> DayResult:
         card = cards.loc[day]
@@ -225,20 +236,20 @@ def model_evaluation(
             return DayResult(tables={"model_evaluation": empty}, checks=[_lift_check(beats_popularity(empty))],
                              metadata={"model_evaluation": day_metadata(empty, evaluated=False)})
         events = raw_events.read(day)
-        slates = impression_slates(label_impressions(events, item_catalog))
-        users = sample_users(slates["user_id"].to_numpy(), config.max_users)
-        slates = slates[slates["user_id"].isin(users)].reset_index(drop=True)
+        slates, users = slater.slates(events)
         plays = relevance_of_day(events, item_catalog)
         plays = plays[plays["user_id"].isin(users)]
         retrieval = load_retrieval(storage, day)
         allowed = item_catalog.loc[item_catalog["release_date"] <= day, "item_id"].to_numpy()
-        as_of = ranking_time(day)
         model_bytes = storage.read_bytes("ranking_model", day, "model.ubj")
 
         # Ranking: re-order each user's logged impressions of day D (every feature as of the start of D).
-        feats = historical_features(store, slates.assign(event_timestamp=as_of))
-        feats = add_context_features(feats, item_catalog, user_catalog, as_of, taste_before(storage, day))
-        feats["score"] = score(model_bytes, feats)
+        feats = slater.scored(day, slates, model_bytes)
+        # The promotion gate's day D-1: the same measure on its slates (the registry re-scores them with the
+        # champion), so the hold-out D stays untouched by any decision.
+        gate_day = day_offset(day, GATE_OFFSET)
+        gate = slater.gate_set(gate_day, raw_events, model_bytes, feats)
+        gate_ndcg = ndcg_on(gate, gate["score"].to_numpy()) if len(gate) else float("nan")
         popularity = slates[["user_id", "item_id"]].merge(retrieval.popularity, on="item_id", how="left")
         ranking = {
             "ours": rank_by_score(feats[["user_id", "item_id", "score"]], N_CANDIDATES),
@@ -262,20 +273,55 @@ def model_evaluation(
         effect = exclusion_effect(retrieval_lists, unfiltered, plays, config.exclude, excluded, N_CANDIDATES)
         meta = day_metadata(
             metrics, preview_rows=len(METHODS), evaluated=True, oracle_reference=reference is not None,
+            gate_day=gate_day, gate_ndcg_at_20=gate_ndcg, gate_users=int(gate["user_id"].nunique()) if len(gate) else 0,
             **{**effect, **_metric_metadata(table)},
         )
         meta["metrics"] = dg.MetadataValue.md(
             table.drop(columns=["model_sha256"]).to_markdown(index=False, floatfmt=".4f")
         )
-        # The scored slates, for the registry's promotion gate to re-score with the champion.
+        # The gate day's scored slates, for the registry's promotion gate to re-score with the champion.
         return DayResult(
             tables={"model_evaluation": metrics},
-            frames={("model_evaluation", EVALUATION_SET): feats.assign(date=day)},
+            frames={("model_evaluation", EVALUATION_SET): gate},
             checks=[_lift_check(beats_popularity(table, int(card["train_days"]), FULL_TRAIN_DAYS))],
             metadata={"model_evaluation": meta},
         )
 
     yield from run_days(context, storage, ["model_evaluation"], compute)
+
+
+class _Slates:
+    """Each user's logged slate of a day (a deterministic sample of users), scored by a ranker with
+    every feature as of the start of that day (:func:`streamrec_assets.core.training.ranking_time`)."""
+
+    def __init__(self, store, storage: Storage, items: pd.DataFrame, users: pd.DataFrame, max_users: int) -> None:
+        self.store, self.storage, self.items, self.users, self.max_users = store, storage, items, users, max_users
+
+    def slates(self, events: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        from streamrec_assets.core.evaluation import impression_slates, sample_users
+        from streamrec_assets.core.training import label_impressions
+
+        slates = impression_slates(label_impressions(events, self.items))
+        users = sample_users(slates["user_id"].to_numpy(), self.max_users)
+        return slates[slates["user_id"].isin(users)].reset_index(drop=True), users
+
+    def scored(self, day: str, slates: pd.DataFrame, model_bytes: bytes) -> pd.DataFrame:
+        from streamrec_assets.assets.taste import taste_before
+        from streamrec_assets.core.ranking import score
+        from streamrec_assets.core.training import add_context_features, ranking_time
+        from streamrec_assets.feature_repo import historical_features
+
+        as_of = ranking_time(day)
+        feats = historical_features(self.store, slates.assign(event_timestamp=as_of))
+        feats = add_context_features(feats, self.items, self.users, as_of, taste_before(self.storage, day))
+        return feats.assign(score=score(model_bytes, feats))
+
+    def gate_set(self, day: str, raw_events: PartitionReader, model_bytes: bytes, like: pd.DataFrame) -> pd.DataFrame:
+        """The gate day's scored slates (``date`` = the gate day); no rows (``like``'s columns) without its events."""
+        if day not in raw_events.present:
+            return like.iloc[0:0].assign(date=pd.Series(dtype=object))
+        slates, _ = self.slates(raw_events.read(day))
+        return self.scored(day, slates, model_bytes).assign(date=day)
 
 
 def _empty_metrics() -> pd.DataFrame:

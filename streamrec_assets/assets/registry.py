@@ -335,7 +335,7 @@ def upstream_partitions(day: str, first_day: str | None = None) -> dict[str, lis
         first_day = daily_partitions.get_first_partition_key() or day
     return clip_to_history(
         {
-            "training_examples": window_days(day, RANKER_WINDOW_DAYS, end_offset=-1),  # train + early stopping
+            "training_examples": window_days(day, RANKER_WINDOW_DAYS, end_offset=-2),  # train + early stopping
             "ranking_model": [day],
             "retrieval_model": [day],
             "model_evaluation": [day],

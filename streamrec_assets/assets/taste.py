@@ -30,6 +30,8 @@ OK = "ok"
 INSUFFICIENT = "insufficient_history"
 OUTCOME_EVENT_COLUMNS = ["date", "user_id", "item_id", "session_id", "event_type", "event_timestamp", "watch_seconds"]
 OUTCOME_READ = ["user_id", "item_id", "genre_code", "impressions", "positives"]
+#: The fit's budget (TasteConfig.max_impressions): about 3 minutes of L-BFGS on 2 cores.
+MAX_IMPRESSIONS = 4_000_000
 
 
 @dg.asset(
@@ -70,6 +72,11 @@ class TasteConfig(dg.Config):
     factors: int = Field(default=8, ge=1, le=128, description="Latent dimensions of the user and item vectors.")
     l2: float = Field(default=1.0, gt=0, description="L2 penalty on the summed squared parameters.")
     max_iter: int = Field(default=200, ge=1, description="L-BFGS iterations (the fit stops earlier once converged).")
+    max_impressions: int = Field(
+        default=MAX_IMPRESSIONS, ge=1,
+        description="Impressions fitted at most: the newest days of the 28-day window up to this many (always at "
+        "least day D). Bounds the fit's time and memory at any volume; at demo scale the whole window fits.",
+    )
 
 
 @dg.asset(
@@ -89,7 +96,7 @@ class TasteConfig(dg.Config):
     retry_policy=STORAGE_RETRY,
     automation_condition=EAGER_GATED,
     description="Logistic matrix factorisation of P(play | impression) over the user_item_daily_outcomes of "
-    "the 28 days ending with D: item appeal, the user's taste per genre and 8 latent factors each. The "
+    "the 28 days ending with D (the newest of them up to max_impressions): item appeal, the user's taste per genre and 8 latent factors each. The "
     "ranker's taste_* features: training examples and evaluation of day X use the model of X-1, serving on "
     "D uses the model of D. The value is the model card; the parameters are Parquet files next to it.",
 )
@@ -100,9 +107,16 @@ def taste_model(context: dg.AssetExecutionContext, config: TasteConfig, storage:
     genres = int(item_catalog["genre"].nunique())
 
     def compute(day: str) -> DayResult:
-        window = [d for d in window_days(day, TASTE_WINDOW_DAYS) if d in outcomes.present]
-        frame = (pd.concat([outcomes.read(d, OUTCOME_READ) for d in window], ignore_index=True)
-                 if window else pd.DataFrame(columns=OUTCOME_READ))
+        # The newest days first, until the impression budget is spent (memory holds only what is fitted).
+        window, parts, impressions = [], [], 0
+        for d in reversed([d for d in window_days(day, TASTE_WINDOW_DAYS) if d in outcomes.present]):
+            if window and impressions >= config.max_impressions:
+                break
+            part = outcomes.read(d, OUTCOME_READ)
+            window.insert(0, d)
+            parts.append(part)
+            impressions += int(part["impressions"].sum())
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=OUTCOME_READ)
         model = fit_taste(frame, genres, factors=config.factors, l2=config.l2, max_iter=config.max_iter)
         status = INSUFFICIENT if model.empty else OK
         card = pd.DataFrame([{

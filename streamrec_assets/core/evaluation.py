@@ -177,9 +177,11 @@ def promotion_decision(
     day: str,
     champion_version: str | None,
     champion_day: str | None = None,
+    gate_day: str | None = None,
 ) -> tuple[bool, str]:
     """The registry's gate: promote when there is no champion, or when the challenger's NDCG@20
-    on the evaluation day is at least the champion's on the same day minus ``tolerance``.
+    on the gate day (``gate_day``, the model day's D-1; ``day`` when not given) is at least the
+    champion's on the same slates minus ``tolerance``.
     A challenger trained on older data than the champion (a history backfill running newest
     first) is never promoted."""
     if champion_ndcg is None:
@@ -193,7 +195,7 @@ def promotion_decision(
     verdict = ">=" if promote else "<"
     return promote, (
         f"challenger NDCG@20 {challenger_ndcg:.4f} {verdict} champion v{champion_version} "
-        f"{champion_ndcg:.4f} - tolerance {tolerance} on {day}"
+        f"{champion_ndcg:.4f} - tolerance {tolerance} on {gate_day or day}"
     )
 
 

@@ -148,8 +148,10 @@ def decide(
     day: str,
     tolerance: float,
     decided_by: str,
+    gate_day: str | None = None,
 ) -> Decision:
-    """The promotion gate (:func:`streamrec_assets.core.evaluation.promotion_decision`) as a typed decision."""
+    """The promotion gate (:func:`streamrec_assets.core.evaluation.promotion_decision`) as a typed decision;
+    ``gate_day``: the day whose slates both models were scored on (the model day's D-1)."""
     from streamrec_assets.core.evaluation import promotion_decision
 
     if champion is not None and champion.version == version:
@@ -162,6 +164,7 @@ def decide(
             day,
             None if champion is None else champion.version,
             None if champion is None else champion.day,
+            gate_day,
         )
         status = Status.PROMOTED if promote else Status.CHAMPION_KEPT
     return Decision(
@@ -529,6 +532,8 @@ class Registry:
         from streamrec_assets.core.ranking import score
 
         challenger_ndcg = ndcg_on(evaluation_set, evaluation_set["score"].to_numpy())
+        days = sorted(evaluation_set["date"].astype(str).unique()) if "date" in evaluation_set else []
+        gate_day = days[0] if len(days) == 1 else None
         current = self.champion()
         champion = None
         if current is not None:
@@ -539,7 +544,7 @@ class Registry:
                 else ndcg_on(evaluation_set, score(self.model_bytes(number), evaluation_set))
             )
             champion = Champion(number, current.tags.get(PARTITION_TAG), ndcg)
-        return decide(challenger_ndcg, champion, version, day, tolerance, decided_by)
+        return decide(challenger_ndcg, champion, version, day, tolerance, decided_by, gate_day)
 
 
 def register_day(
