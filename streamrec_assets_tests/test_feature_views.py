@@ -217,9 +217,11 @@ def test_lineage_windows_are_clipped_at_the_start_of_history():
         "b": [],
     }
     early = upstream_partitions("2026-01-04", first_day="2026-01-01")
-    assert early["training_examples"] == ["2026-01-01", "2026-01-02", "2026-01-03"]
-    assert early["raw_events"] == ["2026-01-04"] and early["ranking_model"] == ["2026-01-04"]
+    assert early["training_examples"] == ["2026-01-01", "2026-01-02"]
+    assert early["raw_events"] == ["2026-01-03", "2026-01-04"] and early["ranking_model"] == ["2026-01-04"]
+    assert early["taste_model"] == ["2026-01-02", "2026-01-03"]
     late = upstream_partitions("2026-01-20", first_day="2026-01-01")
-    assert late["training_examples"] == [f"2026-01-{d:02d}" for d in range(6, 20)]  # [D-14, D-1], unclipped
+    assert late["training_examples"] == [f"2026-01-{d:02d}" for d in range(5, 19)]  # [D-15, D-2], unclipped
     # default: the first partition of daily_partitions (STREAMREC_START_DATE, pinned by conftest)
-    assert upstream_partitions("2026-01-03")["training_examples"] == ["2026-01-01", "2026-01-02"]
+    assert upstream_partitions("2026-01-03")["training_examples"] == ["2026-01-01"]
+    assert upstream_partitions("2026-01-02")["taste_model"] == ["2026-01-01"]

@@ -165,7 +165,7 @@ def test_registry_champion_gate_and_lineage(graph_32, client):
     (early,) = client.search_model_versions(f"name='{NAME}' and tags.partition='{first['date']}'")
     lineage = mlflow.artifacts.load_dict(f"runs:/{early.run_id}/lineage.json")
     window = lineage["upstream_partitions"]["training_examples"]
-    assert window == days(START, (pd.Timestamp(first["date"]) - pd.Timedelta(days=1)).strftime("%Y-%m-%d"))
+    assert window == days(START, (pd.Timestamp(first["date"]) - pd.Timedelta(days=2)).strftime("%Y-%m-%d"))
     assert all(v is not None for versions in lineage["data_versions"].values() for v in versions.values())
 
 

@@ -38,8 +38,8 @@ from streamrec_assets.storage import TableStore, read_parquet_schema, write_parq
 
 pytestmark = pytest.mark.slow  # trains XGBoost rankers on generated windows
 
-DAYS = [f"2026-01-{d:02d}" for d in range(1, 15)]  # training_examples of ranking_model 2026-01-15
-MODEL_DAY = "2026-01-15"
+DAYS = [f"2026-01-{d:02d}" for d in range(1, 15)]  # training_examples of ranking_model 2026-01-16
+MODEL_DAY = "2026-01-16"  # trains on [01-01, 01-13], early-stops on 01-14 (D-2)
 #: |validation NDCG@20 (streamed QuantileDMatrix) - validation NDCG@20 (in-memory DMatrix)| on the same data.
 #: The two differ only by the quantile sketch (per-batch summaries merged vs one pass); on these
 #: sizes the cuts and the models come out identical (difference 0.0), against a seed-to-seed

@@ -308,8 +308,11 @@ def test_published_recommendations_equal_per_pair_implementation(graph_32):
     store = resources["feast"].store()
     cands, items, users, as_of = _day_candidates(settings, END)
     per_pair = online_features(store, cands["user_id"], cands["item_id"], feature_refs(store))
-    feats = add_context_features(per_pair, items, users, as_of)
+    from streamrec_assets.assets.taste import load_taste
     from streamrec_assets.core.ranking import score
+    from streamrec_assets.resources import Storage
+
+    feats = add_context_features(per_pair, items, users, as_of, load_taste(Storage(base_uri=settings.storage_uri), END))
 
     feats["score"] = score(model, feats)
     top = rank_by_score(feats[["user_id", "item_id", "score"]], 20)

@@ -339,7 +339,8 @@ def upstream_partitions(day: str, first_day: str | None = None) -> dict[str, lis
             "ranking_model": [day],
             "retrieval_model": [day],
             "model_evaluation": [day],
-            "raw_events": [day],
+            "raw_events": window_days(day, 2),  # the gate day D-1 and the hold-out D
+            "taste_model": window_days(day, 2, end_offset=-1),  # the taste the gate and hold-out slates see
         },
         first_day,
     )
