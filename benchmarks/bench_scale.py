@@ -146,9 +146,10 @@ def render(results: dict[int, dict[str, dict]], out: Path) -> str:
     worst = (0.0, "", 0.0)
     for selection in STEPS:
         name = selection[0]
-        cells = [f"{results[v][name]['seconds']:.1f}, {results[v][name]['peak_mb']:.0f}" for v in volumes]
+        cells = [f"{results[v][name]['seconds']:.1f}, {results[v][name]['peak_mb']:.0f}" if name in results[v]
+                 else "not measured" for v in volumes]
         growth = ""
-        if len(volumes) > 1:
+        if len(volumes) > 1 and all(name in results[v] for v in volumes[-2:]):
             a, b = results[volumes[-2]][name], results[volumes[-1]][name]
             factor = volumes[-1] / volumes[-2]
             growth = f"x{b['seconds'] / a['seconds']:.1f}, x{b['peak_mb'] / a['peak_mb']:.1f} for x{factor:.0f} volume"
@@ -180,8 +181,9 @@ def _plot(results: dict[int, dict[str, dict]], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for selection in STEPS:
         name = selection[0]
-        left.plot(volumes, [results[v][name]["seconds"] for v in volumes], marker="o", label=name)
-        right.plot(volumes, [results[v][name]["peak_mb"] for v in volumes], marker="o", label=name)
+        measured = [v for v in volumes if name in results[v]]
+        left.plot(measured, [results[v][name]["seconds"] for v in measured], marker="o", label=name)
+        right.plot(measured, [results[v][name]["peak_mb"] for v in measured], marker="o", label=name)
     for axis, label in ((left, "seconds (one day)"), (right, "peak resident MB")):
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -200,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--volumes", default="100000,1000000",
                         help="comma-separated events/day (10000000 takes hours on 2 cores)")
     parser.add_argument("--out", default=str(REPO / ".bench" / "scale"))
+    parser.add_argument("--render-only", action="store_true", help="re-render results.json (nothing measured)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "results.json"
     results: dict[int, dict[str, dict]] = {int(k): v for k, v in json.loads(saved.read_text()).items()} if saved.exists() else {}
-    for volume in [int(v) for v in args.volumes.split(",")]:
+    for volume in [] if args.render_only else [int(v) for v in args.volumes.split(",")]:
         print(f"{volume:,} events/day", flush=True)
         results[volume] = measure_volume(out / str(volume), volume, lambda line: print(line, flush=True))
         saved.write_text(json.dumps(results, indent=2))
