@@ -292,10 +292,17 @@ def model_evaluation(
 
 class _Slates:
     """Each user's logged slate of a day (a deterministic sample of users), scored by a ranker with
-    every feature as of the start of that day (:func:`streamrec_assets.core.training.ranking_time`)."""
+    every feature as of the start of that day (:func:`streamrec_assets.core.training.ranking_time`).
+
+    A day's features do not depend on the model: the hold-out D of one model is the gate day of
+    the next, so the features of the two newest days are kept and a range looks each day up once.
+    """
+
+    KEPT_DAYS = 2
 
     def __init__(self, store, storage: Storage, items: pd.DataFrame, users: pd.DataFrame, max_users: int) -> None:
         self.store, self.storage, self.items, self.users, self.max_users = store, storage, items, users, max_users
+        self._features: dict[str, pd.DataFrame] = {}
 
     def slates(self, events: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         from streamrec_assets.core.evaluation import impression_slates, sample_users
@@ -305,22 +312,32 @@ class _Slates:
         users = sample_users(slates["user_id"].to_numpy(), self.max_users)
         return slates[slates["user_id"].isin(users)].reset_index(drop=True), users
 
-    def scored(self, day: str, slates: pd.DataFrame, model_bytes: bytes) -> pd.DataFrame:
+    def _day_features(self, day: str, slates: pd.DataFrame) -> pd.DataFrame:
+        """Every ranker feature of ``day``'s slates (the day's :meth:`slates`), looked up once per day."""
         from streamrec_assets.assets.taste import taste_before
-        from streamrec_assets.core.ranking import score
         from streamrec_assets.core.training import add_context_features, ranking_time
         from streamrec_assets.feature_repo import historical_features
 
-        as_of = ranking_time(day)
-        feats = historical_features(self.store, slates.assign(event_timestamp=as_of))
-        feats = add_context_features(feats, self.items, self.users, as_of, taste_before(self.storage, day))
+        if day not in self._features:
+            as_of = ranking_time(day)
+            feats = historical_features(self.store, slates.assign(event_timestamp=as_of))
+            self._features[day] = add_context_features(feats, self.items, self.users, as_of,
+                                                       taste_before(self.storage, day))
+            for old in sorted(self._features)[: -self.KEPT_DAYS]:
+                del self._features[old]
+        return self._features[day]
+
+    def scored(self, day: str, slates: pd.DataFrame, model_bytes: bytes) -> pd.DataFrame:
+        from streamrec_assets.core.ranking import score
+
+        feats = self._day_features(day, slates)
         return feats.assign(score=score(model_bytes, feats))
 
     def gate_set(self, day: str, raw_events: PartitionReader, model_bytes: bytes, like: pd.DataFrame) -> pd.DataFrame:
         """The gate day's scored slates (``date`` = the gate day); no rows (``like``'s columns) without its events."""
         if day not in raw_events.present:
             return like.iloc[0:0].assign(date=pd.Series(dtype=object))
-        slates, _ = self.slates(raw_events.read(day))
+        slates = None if day in self._features else self.slates(raw_events.read(day))[0]
         return self.scored(day, slates, model_bytes).assign(date=day)
 
 

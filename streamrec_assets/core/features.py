@@ -28,6 +28,12 @@ def genre_slug(genre: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", str(genre).lower()).strip("_")
 
 
+def genre_codes(items: pd.DataFrame) -> dict[str, int]:
+    """Each catalogue genre's code: its index among the sorted genres (the ranker's ``item_genre_code``
+    and the taste model's ``genre_code`` must agree)."""
+    return {g: i for i, g in enumerate(sorted(items["genre"].unique()))}
+
+
 def _annotate(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Add play/completion flags and the item genre to the events of one or more days."""
     cat = items[["item_id", "genre", "duration_seconds"]]

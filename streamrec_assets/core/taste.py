@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from streamrec_assets.core.features import genre_codes
+
 #: Latent dimensions, L2 penalty (on the sum of squared parameters) and optimiser iterations.
 DEFAULT_FACTORS = 8
 DEFAULT_L2 = 1.0
@@ -87,7 +89,6 @@ def outcomes_of_day(examples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame
     """A day's labelled impressions (:func:`~streamrec_assets.core.training.label_impressions`)
     per (user, item): ``impressions``, ``positives`` (played), ``completions`` and the item's
     genre code (its index among the catalogue's sorted genres; -1 unknown)."""
-    genres = sorted(items["genre"].unique())
     if examples.empty:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in [*OUTCOME_COLUMNS, "completions"]}).assign(
             date=pd.Series(dtype=object)
@@ -98,7 +99,7 @@ def outcomes_of_day(examples: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame
     out = frame.groupby(["date", "user_id", "item_id"], as_index=False, sort=True).agg(
         impressions=("label", "size"), positives=("positives", "sum"), completions=("completions", "sum")
     )
-    code = out["item_id"].map(items.set_index("item_id")["genre"]).map({g: k for k, g in enumerate(genres)})
+    code = out["item_id"].map(items.set_index("item_id")["genre"]).map(genre_codes(items))
     out["genre_code"] = code.fillna(-1).astype("int64")
     out["date"] = out["date"].astype(str).astype(object)
     return out[["date", *OUTCOME_COLUMNS, "completions"]].astype(

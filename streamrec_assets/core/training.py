@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from streamrec_assets.core.features import COMPLETION_THRESHOLD, GENRE_SHARE_PREFIX, genre_slug
+from streamrec_assets.core.features import COMPLETION_THRESHOLD, GENRE_SHARE_PREFIX, genre_codes, genre_slug
 from streamrec_assets.core.taste import TASTE_FEATURES
 
 EXAMPLE_KEYS = ["example_id", "date", "user_id", "item_id", "session_id", "event_timestamp"]
@@ -103,7 +103,7 @@ def add_context_features(
     out["item_age_days"] = ((as_of_ts - release).dt.total_seconds() / 86400.0).astype("float64")
     out["user_tenure_days"] = ((as_of_ts - signup).dt.total_seconds() / 86400.0).astype("float64")
     out["item_duration_seconds"] = out["item_id"].map(cat["duration_seconds"]).astype("float64")
-    out["item_genre_code"] = genre.map({g: i for i, g in enumerate(genres)}).astype("float64")
+    out["item_genre_code"] = genre.map(genre_codes(items)).astype("float64")
     share_cols = [f"{USER_PREFIX}{GENRE_SHARE_PREFIX}{genre_slug(g)}" for g in genres]
     present = [c for c in share_cols if c in out.columns]
     if present:
