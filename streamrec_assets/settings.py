@@ -18,6 +18,9 @@ START_DATE_FILE = "start_date"
 #: has the heavy modules imported already (default), a fresh spawned process per step, or all steps
 #: in the run's own process.
 EXECUTORS = ("forkserver", "multiprocess", "in_process")
+#: Where the heavy assets compute (STREAMREC_ENGINE): in the step's own process, or as tasks of a
+#: Spark cluster (streamrec_assets.engine).
+ENGINES = ("embedded", "spark")
 
 
 def _env(name: str, default: str) -> str:
@@ -83,6 +86,10 @@ class Settings:
     drift_psi_threshold: float = field(default_factory=lambda: _float("STREAMREC_DRIFT_PSI_THRESHOLD", 0.2))
     executor: str = field(default_factory=lambda: _env("STREAMREC_EXECUTOR", "forkserver"))
     max_concurrent_steps: int = field(default_factory=lambda: int(_float("STREAMREC_MAX_CONCURRENT_STEPS", 0)))
+    engine: str = field(default_factory=lambda: _env("STREAMREC_ENGINE", "embedded"))
+    spark_master: str = field(default_factory=lambda: _env("STREAMREC_SPARK_MASTER", "local[*]"))
+    spark_conf: str = field(default_factory=lambda: _env("STREAMREC_SPARK_CONF", ""))
+    spark_tasks: int = field(default_factory=lambda: int(_float("STREAMREC_SPARK_TASKS", 0)))
 
     def __post_init__(self) -> None:
         # Derived defaults depend on ``home``; frozen dataclass, hence object.__setattr__.
@@ -104,6 +111,10 @@ class Settings:
             )
         if self.executor not in EXECUTORS:
             raise ValueError(f"STREAMREC_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"STREAMREC_ENGINE must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.spark_tasks < 0:
+            raise ValueError(f"STREAMREC_SPARK_TASKS must be 0 (the cluster's parallelism) or more, got {self.spark_tasks}")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise ValueError(
                 f"STREAMREC_MAX_FAILURE_RATE must be within [0, 1], got {self.max_failure_rate}"

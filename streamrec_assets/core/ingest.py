@@ -75,7 +75,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     import pyarrow as pa
 
@@ -142,6 +142,8 @@ class IngestResult:
     rejected: pd.DataFrame
     total_records: int
     reasons: Counter = field(default_factory=Counter)
+    #: Line numbers (1-based) of the valid rows, in their order.
+    valid_lines: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def duplicates(self) -> int:
@@ -859,7 +861,81 @@ def ingest_day(
     valid = _valid_frame(day, {f: values["ts_us" if f == "event_timestamp" else f][keep] for f in EVENT_FIELDS})
     rejected, counts = _dead_letters(text, day, lines, values["event_id"], reason)
     assert len(valid) + len(rejected) == n, "every landing record is either valid or rejected"
-    return IngestResult(day=day, valid=valid, rejected=rejected, total_records=n, reasons=counts)
+    return IngestResult(day=day, valid=valid, rejected=rejected, total_records=n, reasons=counts,
+                        valid_lines=(keep + 1).astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- chunked ingestion
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Whole lines of a payload: bytes ``[offset, offset + length)``, the first being line ``first_line + 1``."""
+
+    offset: int
+    length: int
+    first_line: int
+
+
+def split_lines(text: bytes, pieces: int) -> list[Chunk]:
+    """Cut ``text`` into at most ``pieces`` chunks of about equal size, each ending after a newline
+    (or at the end). Ingesting the chunks apart and :func:`merge_chunks` gives :func:`ingest_day`."""
+    size, chunks, start, lines = len(text), [], 0, 0
+    for k in range(1, max(1, pieces) + 1):
+        if start >= size:
+            break
+        cut = size if k == pieces else text.find(b"\n", max(start, size * k // pieces - 1))
+        end = size if cut < 0 or k == pieces else cut + 1
+        chunks.append(Chunk(start, end - start, lines))
+        lines += text.count(b"\n", start, end)
+        start = end
+    return chunks
+
+
+def merge_chunks(text: bytes, day: str, chunks: Sequence[Chunk], results: Sequence[IngestResult]) -> IngestResult:
+    """One day's result from its chunks' (in order): line numbers made global, and the valid
+    rows whose event_id a valid row of an earlier chunk has become ``duplicate_event_id``
+    (their exact bytes taken from ``text``), exactly as :func:`ingest_day` of the whole."""
+    if not results:
+        return _empty_result(day)
+    valid_parts = [r.valid for r in results if len(r.valid)] or [results[0].valid]
+    valid = pd.concat(valid_parts, ignore_index=True) if len(valid_parts) > 1 else valid_parts[0]
+    lines = np.concatenate([r.valid_lines + c.first_line for c, r in zip(chunks, results, strict=True)])
+    rejected = [r.rejected.assign(line_number=r.rejected["line_number"] + c.first_line)
+                for c, r in zip(chunks, results, strict=True) if len(r.rejected)]
+    counts: Counter = sum((r.reasons for r in results), Counter())
+    duplicate = valid["event_id"].duplicated(keep="first").to_numpy()
+    if duplicate.any():
+        at = _scan(np.frombuffer(text, dtype=np.uint8))
+        dup_lines = lines[duplicate]
+        raw = [text[a:b] for a, b in zip(at.starts[dup_lines - 1].tolist(), at.ends[dup_lines - 1].tolist(),
+                                          strict=True)]
+        ids = valid["event_id"].to_numpy()[duplicate].tolist()
+        rejected.append(_dlq(day, dup_lines, [DUPLICATE] * len(raw), raw, ids))
+        counts[DUPLICATE] += len(raw)
+        valid = valid[~duplicate].reset_index(drop=True)
+        lines = lines[~duplicate]
+    dlq = (pd.concat(rejected, ignore_index=True).sort_values("line_number", kind="stable").reset_index(drop=True)
+           if rejected else results[0].rejected)
+    total = sum(r.total_records for r in results)
+    assert len(valid) + len(dlq) == total, "every landing record is either valid or rejected"
+    return IngestResult(day=day, valid=valid, rejected=dlq, total_records=total, reasons=counts, valid_lines=lines)
+
+
+def ingest_in_chunks(
+    text: bytes,
+    day: str,
+    user_ids: Iterable[int] | np.ndarray | pd.Series,
+    item_ids: Iterable[int] | np.ndarray | pd.Series,
+    pieces: int,
+    max_line_bytes: int = 1 << 20,
+) -> IngestResult:
+    """:func:`ingest_day` as the Spark engine runs it (each chunk apart, then merged), in this process."""
+    text = bytes(text)
+    chunks = split_lines(text, pieces)
+    results = [ingest_day(text[c.offset : c.offset + c.length], day, user_ids, item_ids, max_line_bytes)
+               for c in chunks]
+    return merge_chunks(text, day, chunks, results)
 
 
 def failure_budget_error(result: IngestResult, max_failure_rate: float, source: str) -> str | None:
