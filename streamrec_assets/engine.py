@@ -94,6 +94,9 @@ class SparkEngine:
                 from pyspark.sql import SparkSession
             except ImportError as exc:  # pragma: no cover - pyspark is a dependency
                 raise EngineError("STREAMREC_ENGINE=spark needs pyspark (pip install pyspark)") from exc
+            # The executors' interpreter: PySpark takes it from the driver's PYSPARK_PYTHON (not from
+            # spark.pyspark.python unless spark-submit started the driver).
+            os.environ["PYSPARK_PYTHON"] = self.conf["spark.pyspark.python"]
             builder = SparkSession.builder
             builder = builder.remote(self.master) if self.is_connect else builder.master(self.master)
             for k, v in self.conf.items():

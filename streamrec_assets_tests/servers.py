@@ -157,3 +157,74 @@ def seaweed(root: Path) -> Iterator[tuple[str, str, str, str]]:
         yield server.endpoint, S3_KEY, S3_SECRET, S3_BUCKET
     finally:
         server.stop()
+
+
+def spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+class SparkCluster:
+    """A Spark standalone master and one worker from the ``pyspark`` package (Java 17 from Debian),
+    on 127.0.0.1 and free ports; executors run this interpreter (the project's virtualenv)."""
+
+    def __init__(self, root: Path, cores: int = 2, memory: str = "3g"):
+        self.root, self.cores, self.memory = root, cores, memory
+        self.port, self.ui = free_port(), free_port()
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict:
+        import os
+
+        return {**os.environ, "SPARK_HOME": str(spark_home()), "PYSPARK_PYTHON": sys.executable,
+                "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(self.root / "logs"),
+                "SPARK_WORKER_DIR": str(self.root / "work")}
+
+    def _start(self, name: str, *args: str) -> subprocess.Popen:
+        log = self.root / f"{name}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(spark_home() / "bin" / "spark-class"), *args], env=self.env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> None:
+        master = self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                             "--port", str(self.port), "--webui-port", str(self.ui))
+        wait_http(f"http://127.0.0.1:{self.ui}/json/", master, self.root / "master.log", timeout=90)
+        worker = self._start("worker", "org.apache.spark.deploy.worker.Worker", self.master_url, "--host",
+                             "127.0.0.1", "--cores", str(self.cores), "--memory", self.memory, "--webui-port",
+                             str(free_port()), "--work-dir", str(self.root / "work"))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise RuntimeError(f"Spark worker exited:\n{(self.root / 'worker.log').read_text()[-3000:]}")
+            with contextlib.suppress(OSError, ValueError):
+                state = json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.ui}/json/", timeout=2))
+                if state.get("aliveworkers", 0) >= 1:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"no Spark worker registered in 90 s:\n{(self.root / 'worker.log').read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                stop_group(proc)
+        self.procs = []
+
+
+@contextlib.contextmanager
+def spark_cluster(root: Path, cores: int = 2, memory: str = "3g") -> Iterator[str]:
+    """A standalone Spark cluster (master + one worker): yields the master URL."""
+    cluster = SparkCluster(root, cores, memory)
+    try:
+        cluster.start()
+        yield cluster.master_url
+    finally:
+        cluster.stop()

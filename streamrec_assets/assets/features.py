@@ -48,13 +48,23 @@ def _daily_asset(name: str, entity: str, description: str):
     def _asset(context: dg.AssetExecutionContext, storage: Storage, raw_events: PartitionReader,
                item_catalog: pd.DataFrame):
         from streamrec_assets.core import features
+        from streamrec_assets.engine import spark_engine
 
         aggregate = getattr(features, name)
+        engine = spark_engine()
 
         def compute(day: str) -> DayResult:
-            daily = aggregate(raw_events.read(day, EVENT_COLUMNS), item_catalog)
+            daily, where = None, "embedded"
+            if engine is not None and day in raw_events.present:  # one entity bucket per Spark task
+                from streamrec_assets import spark_jobs
+
+                daily = spark_jobs.daily_aggregate(engine, storage, name, entity, day, EVENT_COLUMNS, item_catalog)
+                where = spark_jobs.engine_label(engine, engine.tasks())
+            if daily is None:  # embedded, or a day without events (its empty table with the schema)
+                daily = aggregate(raw_events.read(day, EVENT_COLUMNS), item_catalog)
             entities = int(daily[entity].nunique()) if len(daily) else 0
-            return DayResult(tables={name: daily}, metadata={name: day_metadata(daily, **{f"{entity}s": entities})})
+            meta = day_metadata(daily, **{f"{entity}s": entities}, engine=where)
+            return DayResult(tables={name: daily}, metadata={name: meta})
 
         yield from run_days(context, storage, [name], compute)
 
@@ -110,17 +120,30 @@ def _window_asset(name: str, upstream: str, entity: str, description: str):
     )
     def _asset(context: dg.AssetExecutionContext, storage: Storage, daily: PartitionReader):
         from streamrec_assets.core.features import rolling_features
+        from streamrec_assets.engine import spark_engine
 
         state = WindowState(daily)
+        engine = spark_engine()
 
         def compute(day: str) -> DayResult:
-            window = state.window(day)
-            feats = rolling_features(window, [day], entity, first_day=_first_day())
+            feats, where = None, "embedded"
+            if engine is not None:  # one entity bucket of the window per Spark task
+                from streamrec_assets import spark_jobs
+
+                days = [d for d in window_days(day, LONGEST_WINDOW_DAYS) if d in daily.present]
+                feats = spark_jobs.window_features(engine, storage, daily.asset, entity, day, days, _first_day())
+                rows_read = int(sum(daily.read_arrow(d, columns=[]).num_rows for d in days))
+                where = spark_jobs.engine_label(engine, engine.tasks())
+            if feats is None:  # embedded, or an empty window
+                window = state.window(day)
+                feats = rolling_features(window, [day], entity, first_day=_first_day())
+                rows_read = int(len(window))
             history = int(feats["history_days"].iloc[0]) if len(feats) else 0
             meta = day_metadata(
                 feats,
                 **{f"{entity}s": int(len(feats))},
-                daily_aggregate_rows_read=int(len(window)),
+                engine=where,
+                daily_aggregate_rows_read=rows_read,
                 history_days=history,
                 feature_columns=int(len([c for c in feats.columns if c not in ("date", entity, "feature_timestamp")])),
             )

@@ -74,6 +74,7 @@ BEATS_POPULARITY_CHECK = "beats_popularity"
 )
 def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples: PartitionReader):
     from streamrec_assets.core.ranking import ranker_features, train_ranker_batches
+    from streamrec_assets.engine import spark_engine
     from streamrec_assets.storage import read_parquet_schema
 
     def footer(d: str) -> tuple[set[str], pd.DataFrame, int]:
@@ -84,6 +85,12 @@ def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples:
     def loader(d: str, names: set[str]):
         """Reads day ``d`` with the asked columns it has, on each XGBoost pass (nothing is held)."""
         return lambda columns: examples.read_arrow(d, [c for c in columns if c in names])
+
+    engine = spark_engine()
+    if engine is not None and engine.is_connect:  # xgboost.spark needs a SparkContext (no Spark Connect)
+        context.log.warning(f"ranking_model trains in the step process: SparkXGBRanker cannot run over Spark "
+                            f"Connect ({engine.master})")
+        engine = None
 
     def compute(day: str) -> DayResult:
         # The window is streamed one day per XGBoost batch, reading only the keys, the label and
@@ -110,15 +117,18 @@ def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples:
         }
         files: dict[tuple[str, str], bytes] = {}
         try:
-            trained = (
-                train_ranker_batches(
+            if not heads:
+                trained = None
+            elif engine is not None and valid_head[2]:  # SparkXGBRanker on the cluster
+                from streamrec_assets import spark_jobs
+
+                trained = spark_jobs.train_ranker(engine, storage, list(heads), validation_day, features)
+            else:
+                trained = train_ranker_batches(
                     [loader(d, names) for d, (names, _, _) in heads.items()],
                     loader(validation_day, valid_head[0]) if valid_head[2] else lambda columns: None,
                     features,
                 )
-                if heads
-                else None
-            )
         except ValueError as exc:
             context.log.warning(f"{day}: {exc}")
             trained = None
@@ -146,6 +156,7 @@ def ranking_model(context: dg.AssetExecutionContext, storage: Storage, examples:
             trained=int(card["status"] == OK),
             validation_ndcg_at_20=float(card["validation_ndcg_at_20"]),
             best_iteration=int(card["best_iteration"]),
+            engine="embedded" if engine is None else f"spark ({engine.master})",
             train_days=int(card["train_days"]),
             train_rows=int(card["train_rows"]),
             validation_rows=int(card["validation_rows"]),
