@@ -30,7 +30,7 @@ EVENTS = 800
 IDENTICAL = ("raw_events", "raw_events_dlq", "user_daily_activity", "item_daily_activity", "user_features",
              "item_features", "user_item_daily_outcomes", "training_examples")
 #: The heavy assets and what they need: what the S3 run materialises.
-HEAVY = ("user_catalog", "item_catalog", *IDENTICAL, "taste_model", "ranking_model")
+HEAVY = ("user_catalog", "item_catalog", *IDENTICAL, "feast_feature_views", "taste_model", "ranking_model")
 #: SparkXGBRanker builds its histograms per worker: its early-stopping NDCG@20 on the validation day
 #: stays within this of the embedded ranker's (measured: see the closing note of the Spark issue).
 NDCG_TOLERANCE = 0.05
