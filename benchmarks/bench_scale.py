@@ -109,12 +109,13 @@ def _missing(out: Path, selection, start: str | None, end: str | None) -> list[s
     return [a for a in selection if not all(store.partition_path(a, d).exists() for d in days)]
 
 
-def run_child(out: Path, selection, start, end) -> dict:
+def run_child(out: Path, selection, start, end, env: dict | None = None) -> dict:
     return run_in_fresh_process("bench_scale", "child", str(out), list(selection), start, end,
-                                env={"STREAMREC_START_DATE": START}, cwd=REPO)
+                                env={"STREAMREC_START_DATE": START, **(env or {})}, cwd=REPO)
 
 
-def measure_volume(out: Path, events: int, log) -> dict[str, dict]:
+def ensure_history(out: Path, events: int, log) -> None:
+    """The landing zone and the history day D needs (generated / materialised once, then cached)."""
     from streamrec_assets import datagen
 
     t0 = time.perf_counter()
@@ -131,6 +132,10 @@ def measure_volume(out: Path, events: int, log) -> dict[str, dict]:
             log(f"  history {missing[0]}.. {start or ''}..{end or ''}: {figures['seconds']:.0f} s")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("ok")
+
+
+def measure_volume(out: Path, events: int, log) -> dict[str, dict]:
+    ensure_history(out, events, log)
     results = {}
     for selection in STEPS:
         figures = run_child(out, selection, DAY, DAY)
