@@ -7,7 +7,7 @@ export STREAMREC_HOME ?= $(CURDIR)/.streamrec
 export DAGSTER_HOME ?= $(STREAMREC_HOME)/dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup redis chromium demo test test-fast dev bench bench-scale lint clean mlflow-ui
+.PHONY: setup redis chromium java demo test test-fast dev bench bench-scale bench-spark lint clean mlflow-ui
 
 setup: $(STAMP)  ## create .venv and install the package with its test extras (quick when nothing changed)
 
@@ -44,7 +44,19 @@ chromium:  ## Debian's chromium for the browser test (Playwright drives it): apt
 	  || echo "WARNING: chromium is not installed and could not be; the browser test will be skipped (it fails under CI=true)."; \
 	}
 
-test: setup redis chromium  ## the whole test suite
+java:  ## Java 17 for the Spark engine's tests (a standalone cluster from pyspark): apt-get when root, else a warning
+	@command -v java >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing openjdk-17-jre-headless with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 \
+	         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless >/dev/null 2>&1; } || true; \
+	  fi; \
+	  command -v java >/dev/null 2>&1 \
+	  || echo "WARNING: java is not installed and could not be; the Spark tests will be skipped (they fail under CI=true)."; \
+	}
+
+test: setup redis chromium java  ## the whole test suite
 	$(BIN)/python -m pytest -q
 
 test-fast: setup  ## unit and contract tests only (no servers, no end-to-end materialisation)
@@ -69,6 +81,9 @@ bench: setup  ## benchmarks, printed as ratios against a baseline measured in th
 
 bench-scale: setup  ## one day of the whole graph with full history at 100k and 1M events/day (VOLUMES=... for more)
 	$(BIN)/python benchmarks/bench_scale.py --volumes $${VOLUMES:-100000,1000000}
+
+bench-spark: setup java  ## the heavy assets of one day, embedded engine vs a local Spark cluster (VOLUMES=...)
+	$(BIN)/python benchmarks/bench_spark.py --volumes $${VOLUMES:-100000,1000000}
 
 lint: setup
 	$(BIN)/ruff check .

@@ -23,7 +23,7 @@ from pathlib import Path
 from bench_scale import DAY, REPO, ensure_history, run_child
 
 STEPS = [("raw_events", "raw_events_dlq"), ("user_daily_activity",), ("item_daily_activity",), ("user_features",),
-         ("item_features",), ("ranking_model",)]
+         ("item_features",), ("training_examples",), ("ranking_model",)]
 
 
 def spark_env(master: str, tasks: int) -> dict:
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(REPO / ".bench" / "scale"), help="bench-scale's cache")
     parser.add_argument("--out", default=str(REPO / ".bench" / "spark"))
     parser.add_argument("--tasks", type=int, default=2, help="Spark tasks per day (the worker's cores)")
+    parser.add_argument("--steps", default="", help="comma-separated assets to measure (default: all heavy ones)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from streamrec_assets_tests.servers import spark_cluster
@@ -68,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{volume:,} events/day", flush=True)
             ensure_history(data, volume, lambda line: print(line, flush=True))
             figures = results.setdefault(volume, {})
+            wanted = set(args.steps.split(",")) if args.steps else None
             for selection in STEPS:
                 name = selection[0]
+                if wanted is not None and name not in wanted:
+                    continue
                 embedded = run_child(data, selection, DAY, DAY, {"STREAMREC_ENGINE": "embedded"})
                 spark = run_child(data, selection, DAY, DAY, spark_env(master, args.tasks))
                 figures[name] = {"embedded": embedded, "spark": spark}

@@ -11,6 +11,9 @@ as always:
 * ``user_daily_activity`` / ``item_daily_activity``: the day's events bucketed by entity
   (``id % tasks``); every (date, entity) row depends on its entity's events only.
 * ``user_features`` / ``item_features``: the 28 daily aggregates bucketed the same way.
+* ``training_examples``: the examples of one user bucket (labels numbered over the whole day),
+  their point-in-time join through Feast's offline store, context and taste features and the
+  leakage audit, on the executor; ordered by example id on the driver.
 * ``ranking_model``: the window's useful queries are prepared on the executors (one task per
   day, the embedded engine's own batch preparation) and stay there: ``SparkXGBRanker``
   (``rank:ndcg``, one qid per user and day) trains on them with ``num_workers`` workers and
@@ -341,3 +344,57 @@ def _validation_ndcg(booster, spec: dict, metric: str) -> float:
                        feature_names=booster.feature_names, missing=np.nan)
     booster.set_param({"eval_metric": metric})
     return float(booster.eval(data, "validation").rsplit(":", 1)[1])
+
+
+# ---------------------------------------------------------------------------- training examples
+
+
+def training_examples_task(spec: dict, catalogs: dict) -> dict[str, bytes]:
+    """The training examples of one user bucket of the day: labels (numbered over the whole day,
+    as the embedded engine numbers them), the point-in-time join through Feast's offline store,
+    context and taste features, and the leakage audit of those rows."""
+    from streamrec_assets.assets.taste import taste_before
+    from streamrec_assets.core.training import (
+        add_context_features,
+        label_impressions,
+        leaked_rows,
+        ranking_time,
+    )
+    from streamrec_assets.feature_repo import feature_row_audit, historical_features
+    from streamrec_assets.resources import FeastResource, Storage
+    from streamrec_assets.storage import read_parquet
+
+    day, items, users = spec["day"], catalogs["items"], catalogs["users"]
+    store = _store(spec["store"])
+    examples = label_impressions(read_parquet(store.partition_path("raw_events", day)), items)
+    ids = examples["user_id"].to_numpy()
+    examples = examples[ids % spec["buckets"] == spec["bucket"]].reset_index(drop=True)
+    if examples.empty:
+        return {"summary": json.dumps({"leaks": 0}).encode()}
+    feast = FeastResource(**spec["feast"]).store()
+    joined = historical_features(feast, examples)
+    s3 = spec["store"]["s3"]
+    storage = Storage(base_uri=spec["store"]["uri"], s3_endpoint_url=s3["endpoint_url"], aws_access_key_id=s3["key"],
+                      aws_secret_access_key=s3["secret"])
+    joined = add_context_features(joined, items, users, ranking_time(joined["date"]), taste_before(storage, day))
+    leaks = leaked_rows(feature_row_audit(feast, examples).assign(date=examples["date"].to_numpy()))
+    return {"table": _to_bytes(joined), "summary": json.dumps({"leaks": int(leaks)}).encode()}
+
+
+def training_examples(
+    engine: SparkEngine, storage: Storage, feast_fields: dict, day: str, items: pd.DataFrame, users: pd.DataFrame,
+) -> tuple[pd.DataFrame | None, int]:
+    """The day's training examples, one user bucket per task, in the embedded engine's row order
+    (example id), and the rows the leakage audit found (None: the day has no impression)."""
+    import pandas as pd
+
+    n = engine.tasks()
+    base = {"store": _store_spec(storage), "feast": feast_fields, "day": day, "buckets": n}
+    results = engine.map(training_examples_task, [{**base, "bucket": b} for b in range(n)],
+                         {"items": items, "users": users}, label=f"training_examples {day}")
+    leaks = sum(json.loads(r["summary"])["leaks"] for r in results)
+    frames = [f for f in (_frame(r["table"]) for r in results if "table" in r) if len(f)]
+    if not frames:
+        return None, leaks
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return out.sort_values("example_id", kind="stable").reset_index(drop=True), leaks

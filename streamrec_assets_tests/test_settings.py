@@ -33,3 +33,25 @@ def test_executor_choice(tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMREC_EXECUTOR", "threads")
     with pytest.raises(ValueError, match="STREAMREC_EXECUTOR"):
         Settings(home=str(tmp_path))
+
+
+def test_engine_choice(monkeypatch):
+    from streamrec_assets.engine import spark_engine
+
+    monkeypatch.delenv("STREAMREC_ENGINE", raising=False)
+    assert Settings().engine == "embedded" and spark_engine() is None
+    monkeypatch.setenv("STREAMREC_ENGINE", "spark")
+    monkeypatch.setenv("STREAMREC_SPARK_MASTER", "spark://10.0.0.5:7077")
+    monkeypatch.setenv("STREAMREC_SPARK_CONF", "spark.executor.memory=8g, spark.executor.cores=4")
+    monkeypatch.setenv("STREAMREC_SPARK_TASKS", "16")
+    engine = spark_engine()
+    assert engine.master == "spark://10.0.0.5:7077" and engine.tasks() == 16  # no session needed
+    assert engine.conf["spark.executor.memory"] == "8g" and engine.conf["spark.executor.cores"] == "4"
+    assert engine.conf["spark.driver.maxResultSize"] == "0"
+    monkeypatch.setenv("STREAMREC_ENGINE", "dask")
+    with pytest.raises(ValueError, match="STREAMREC_ENGINE must be one of embedded, spark"):
+        Settings()
+    monkeypatch.setenv("STREAMREC_ENGINE", "spark")
+    monkeypatch.setenv("STREAMREC_SPARK_CONF", "spark.executor.memory")
+    with pytest.raises(ValueError, match="key=value"):
+        spark_engine()

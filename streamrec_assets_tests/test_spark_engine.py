@@ -127,7 +127,7 @@ def test_whole_graph_on_a_spark_cluster_equals_the_embedded_engine(spark_env, la
     settings = _settings(tmp_path, str(landing))
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         assert run_range(settings, instance, START, END).success
-        for asset in ("raw_events", "user_daily_activity", "item_features"):
+        for asset in ("raw_events", "user_daily_activity", "item_features", "training_examples"):
             assert _engine_of(instance, asset, END) == f"spark ({spark_env}, 2 tasks)"
     store = TableStore(settings.storage_uri)
     rows = _assert_identical(store, embedded)
@@ -164,3 +164,15 @@ def test_heavy_assets_on_a_spark_cluster_against_s3(spark_env, landing, embedded
         assert _assert_identical(store, embedded) > 10_000
         _assert_rankers_close(store, embedded)
         assert np.isfinite(_ranker_cards(store)["validation_ndcg_at_20"]).sum() >= 3
+
+
+def test_a_task_that_keeps_failing_fails_the_job_with_its_error(spark_env, tmp_path):
+    from streamrec_assets import spark_jobs
+    from streamrec_assets.engine import EngineError, spark_engine
+
+    engine = spark_engine()
+    spec = {"store": {"uri": str(tmp_path / "storage"), "s3": {"endpoint_url": "", "key": "", "secret": ""}},
+            "asset": "user_daily_activity", "entity": "user_id", "day": END, "columns": ["user_id"], "buckets": 1,
+            "bucket": 0}
+    with pytest.raises(EngineError, match=r"Spark job user_daily_activity .* failed on spark://.*(FileNotFound|No such file)"):
+        engine.map(spark_jobs.daily_aggregate_task, [spec], pd.DataFrame(), label="user_daily_activity test")

@@ -53,24 +53,35 @@ def training_examples(
         leaked_rows,
         ranking_time,
     )
+    from streamrec_assets.engine import spark_engine
     from streamrec_assets.feature_repo import feature_row_audit, historical_features
 
     store = feast.store()
+    engine = spark_engine()
 
     def compute(day: str) -> DayResult:
-        examples = label_impressions(raw_events.read(day), item_catalog)
-        joined = historical_features(store, examples)
-        # Context and taste as of the start of the day, as evaluation and serving see them (core.training).
-        joined = add_context_features(joined, item_catalog, user_catalog, ranking_time(joined["date"]),
-                                      taste_before(storage, day))
-        # Which feature row the join gave each example (its partition day): the audit of the blocking
-        # no_feature_leakage check (feature tables' `date` is not a Feast feature).
-        leaks = leaked_rows(feature_row_audit(store, examples).assign(date=examples["date"].to_numpy()))
+        joined, where = None, "embedded"
+        if engine is not None and day in raw_events.present:  # one user bucket per Spark task
+            from streamrec_assets import spark_jobs
+
+            fields = {name: getattr(feast, name) for name in type(feast).model_fields}
+            joined, leaks = spark_jobs.training_examples(engine, storage, fields, day, item_catalog, user_catalog)
+            where = spark_jobs.engine_label(engine, engine.tasks())
+        if joined is None:
+            examples = label_impressions(raw_events.read(day), item_catalog)
+            joined = historical_features(store, examples)
+            # Context and taste as of the start of the day, as evaluation and serving see them (core.training).
+            joined = add_context_features(joined, item_catalog, user_catalog, ranking_time(joined["date"]),
+                                          taste_before(storage, day))
+            # Which feature row the join gave each example (its partition day): the audit of the blocking
+            # no_feature_leakage check (feature tables' `date` is not a Feast feature).
+            leaks = leaked_rows(feature_row_audit(store, examples).assign(date=examples["date"].to_numpy()))
         coverage = feature_coverage(joined)
         labels = joined["label"].value_counts().sort_index().to_dict() if len(joined) else {}
         meta = day_metadata(
             joined,
             **{k: v for k, v in coverage.items() if k != "rows"},
+            engine=where,
             label_counts=dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
             positive_rate=float((joined["label"] > 0).mean()) if len(joined) else 0.0,
         )
