@@ -21,6 +21,7 @@ depend on the engine.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -149,11 +150,18 @@ class SparkEngine:
         return results
 
 
+_RAISED = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.+)$")
+_WRAPPERS = ("PythonException", "Py4JJavaError", "SparkException", "TaskSetManager")
+
+
 def _first_line(exc: BaseException) -> str:
+    """The error a task raised (the last ``SomeError: message`` of the Python traceback Spark
+    wraps), else the first line of the message."""
     text = str(exc).strip()
-    for line in text.splitlines():
-        if "Error" in line or "Exception" in line:
-            return line.strip()
+    raised = [m.group(0).strip() for m in map(_RAISED.match, text.splitlines())
+              if m and not m.group(1).endswith(_WRAPPERS)]
+    if raised:
+        return raised[-1]
     return text.splitlines()[0] if text else type(exc).__name__
 
 

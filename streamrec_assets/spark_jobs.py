@@ -371,6 +371,7 @@ def training_examples_task(spec: dict, catalogs: dict) -> dict[str, bytes]:
     examples = examples[ids % spec["buckets"] == spec["bucket"]].reset_index(drop=True)
     if examples.empty:
         return {"summary": json.dumps({"leaks": 0}).encode()}
+    _feast_credentials(spec)
     feast = FeastResource(**spec["feast"]).store()
     joined = historical_features(feast, examples)
     s3 = spec["store"]["s3"]
@@ -381,6 +382,18 @@ def training_examples_task(spec: dict, catalogs: dict) -> dict[str, bytes]:
     return {"table": _to_bytes(joined), "summary": json.dumps({"leaks": int(leaks)}).encode()}
 
 
+def _feast_credentials(spec: dict) -> None:
+    """Feast's S3 registry reads its credentials from the AWS environment: the executor's process
+    gets the storage's (the driver's region too)."""
+    import os
+
+    s3 = spec["store"]["s3"]
+    if s3.get("key") and s3.get("secret"):
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = s3["key"], s3["secret"]
+    if spec.get("region"):
+        os.environ.setdefault("AWS_DEFAULT_REGION", spec["region"])
+
+
 def training_examples(
     engine: SparkEngine, storage: Storage, feast_fields: dict, day: str, items: pd.DataFrame, users: pd.DataFrame,
 ) -> tuple[pd.DataFrame | None, int]:
@@ -389,7 +402,10 @@ def training_examples(
     import pandas as pd
 
     n = engine.tasks()
-    base = {"store": _store_spec(storage), "feast": feast_fields, "day": day, "buckets": n}
+    import os
+
+    base = {"store": _store_spec(storage), "feast": feast_fields, "day": day, "buckets": n,
+            "region": os.environ.get("AWS_DEFAULT_REGION", "")}
     results = engine.map(training_examples_task, [{**base, "bucket": b} for b in range(n)],
                          {"items": items, "users": users}, label=f"training_examples {day}")
     leaks = sum(json.loads(r["summary"])["leaks"] for r in results)

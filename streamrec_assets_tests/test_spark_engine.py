@@ -1,5 +1,5 @@
 """STREAMREC_ENGINE=spark on a real Spark standalone cluster (master + one worker from the ``pyspark``
-package, Java 17): the whole graph for a few days, against local storage and against SeaweedFS S3,
+package, Java 17): the whole graph for 6 days against local storage, and the heavy assets for 4 days against SeaweedFS S3,
 equals the embedded engine's on the same landing data: raw events and DLQ, daily aggregates,
 window features and training rows identical; the ranker (SparkXGBRanker) within a stated tolerance.
 Outside CI a machine without Java skips; under CI=true that is a failure (``make java`` installs it).
@@ -24,7 +24,9 @@ from streamrec_assets_tests.servers import BIN, S3_BUCKET, seaweed, spark_cluste
 
 pytestmark = pytest.mark.slow
 
-END = "2026-01-07"
+END = "2026-01-06"
+#: The S3 run is shorter: the ranker's first trained day is 2026-01-04.
+S3_END = "2026-01-04"
 EVENTS = 800
 #: Tables the two engines must write identically, byte for byte in content.
 IDENTICAL = ("raw_events", "raw_events_dlq", "user_daily_activity", "item_daily_activity", "user_features",
@@ -89,25 +91,25 @@ def _table(store: TableStore, asset: str, day: str) -> pd.DataFrame:
     return read_parquet(store.partition_path(asset, day))
 
 
-def _assert_identical(store: TableStore, reference: TableStore, assets=IDENTICAL) -> int:
+def _assert_identical(store: TableStore, reference: TableStore, end: str = END) -> int:
     compared = 0
-    for asset in assets:
-        for day in _days():
+    for asset in IDENTICAL:
+        for day in _days(end=end):
             a, b = _table(store, asset, day), _table(reference, asset, day)
             pd.testing.assert_frame_equal(a, b, check_exact=True, obj=f"{asset}[{day}]")
             compared += len(a)
     return compared
 
 
-def _ranker_cards(store: TableStore) -> pd.DataFrame:
-    return pd.concat([_table(store, "ranking_model", d) for d in _days()], ignore_index=True)
+def _ranker_cards(store: TableStore, end: str = END) -> pd.DataFrame:
+    return pd.concat([_table(store, "ranking_model", d) for d in _days(end=end)], ignore_index=True)
 
 
-def _assert_rankers_close(store: TableStore, reference: TableStore) -> list[float]:
-    ours, theirs = _ranker_cards(store), _ranker_cards(reference)
+def _assert_rankers_close(store: TableStore, reference: TableStore, end: str = END, trained_days: int = 3) -> list[float]:
+    ours, theirs = _ranker_cards(store, end), _ranker_cards(reference, end)
     assert ours["status"].tolist() == theirs["status"].tolist()
     trained = ours["status"] == "ok"
-    assert trained.sum() >= 3
+    assert trained.sum() >= trained_days
     assert (ours.loc[trained, "train_rows"] == theirs.loc[trained, "train_rows"]).all()
     assert (ours.loc[trained, "validation_rows"] == theirs.loc[trained, "validation_rows"]).all()
     assert all(json.loads(p)["engine"] == "spark" for p in ours.loc[trained, "params"])
@@ -150,20 +152,20 @@ def test_heavy_assets_on_a_spark_cluster_against_s3(spark_env, landing, embedded
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
         landing_uri = f"s3://{S3_BUCKET}/spark/landing"
-        datagen.generate(landing_uri, START, END, EVENTS, SEED, malformed_rate=0.01)
+        datagen.generate(landing_uri, START, S3_END, EVENTS, SEED, malformed_rate=0.01)
         settings = _settings(tmp_path, landing_uri, f"s3://{bucket}/spark/storage")
         with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
             from streamrec_assets.definitions import all_assets, build_resources
 
             result = dg.materialize(
                 all_assets, selection=list(HEAVY), resources=build_resources(settings), instance=instance,
-                tags={"dagster/asset_partition_range_start": START, "dagster/asset_partition_range_end": END},
+                tags={"dagster/asset_partition_range_start": START, "dagster/asset_partition_range_end": S3_END},
             )
             assert result.success
         store = TableStore(settings.storage_uri, S3Options(endpoint, key, secret))
-        assert _assert_identical(store, embedded) > 10_000
-        _assert_rankers_close(store, embedded)
-        assert np.isfinite(_ranker_cards(store)["validation_ndcg_at_20"]).sum() >= 3
+        assert _assert_identical(store, embedded, S3_END) > 5_000
+        _assert_rankers_close(store, embedded, S3_END, trained_days=1)
+        assert np.isfinite(_ranker_cards(store, S3_END)["validation_ndcg_at_20"]).sum() >= 1
 
 
 def test_a_task_that_keeps_failing_fails_the_job_with_its_error(spark_env, tmp_path):
