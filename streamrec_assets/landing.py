@@ -132,6 +132,35 @@ def decompress(data: bytes, where: str = "", day: str = "") -> bytes:
         ) from exc
 
 
+def _inflated(data: bytes, block: int):
+    """The decompressed stream of gzip ``data`` (one or more members), piece by piece."""
+    view, inflate = memoryview(data), zlib.decompressobj(wbits=31)
+    for start in range(0, len(data), block):
+        pending = bytes(view[start : start + block])
+        while pending:
+            yield inflate.decompress(pending)
+            pending = b""
+            if inflate.eof and inflate.unused_data:  # the next member of a concatenated file
+                pending, inflate = inflate.unused_data, zlib.decompressobj(wbits=31)
+
+
+def decompressed_slice(data: bytes, offset: int, length: int, block: int = 1 << 22) -> bytes:
+    """Bytes ``[offset, offset + length)`` of the decompressed stream of ``data`` (gzip or plain),
+    holding only that slice: the stream before it is decompressed block by block and dropped,
+    the rest is never decompressed (a verified delivery: see :func:`decompress` for errors)."""
+    if data[:2] != GZIP_MAGIC:
+        return data[offset : offset + length]
+    out, position, end = [], 0, offset + length
+    for piece in _inflated(data, block):
+        lo, hi = max(offset - position, 0), min(end - position, len(piece))
+        if lo < hi:
+            out.append(piece[lo:hi])
+        position += len(piece)
+        if position >= end:
+            break
+    return b"".join(out)
+
+
 def count_records(text: bytes) -> int:
     """Lines of a JSON Lines payload (a final newline does not start a record)."""
     if not text:

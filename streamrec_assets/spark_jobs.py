@@ -100,7 +100,7 @@ def ingest_chunk_task(spec: dict, shared: dict) -> dict[str, bytes]:
     """Validate one chunk of a landing day (the file read and checked against its sha256 here)."""
     from streamrec_assets.core.ingest import ingest_day
     from streamrec_assets.errors import DeliveryError
-    from streamrec_assets.landing import Landing, decompress, sha256
+    from streamrec_assets.landing import Landing, decompressed_slice, sha256
     from streamrec_assets.storage import S3Options, read_bytes
 
     landing = Landing(spec["landing"]["uri"], S3Options(**spec["landing"]["s3"]))
@@ -109,8 +109,7 @@ def ingest_chunk_task(spec: dict, shared: dict) -> dict[str, bytes]:
     if data is None or sha256(data) != spec["sha256"]:
         raise DeliveryError(f"landing file {path} changed while day {spec['day']} was being ingested",
                             partition=spec["day"], location=str(path))
-    text = decompress(data, str(path), spec["day"])
-    piece = text[spec["offset"] : spec["offset"] + spec["length"]]
+    piece = decompressed_slice(data, spec["offset"], spec["length"])  # holds its chunk, not the day
     result = ingest_day(piece, spec["day"], shared["users"], shared["items"], max_line_bytes=spec["max_line_bytes"])
     return {
         "valid": _to_bytes(result.valid),

@@ -13,6 +13,7 @@ import pytest
 from streamrec_assets import datagen
 from streamrec_assets.core.ingest import ingest_day, ingest_in_chunks, split_lines
 from streamrec_assets.engine import parse_conf
+from streamrec_assets.landing import decompressed_slice
 
 DAY = "2026-01-05"
 
@@ -61,3 +62,15 @@ def test_empty_day_and_spark_conf():
         "spark.executor.memory": "2g", "spark.executor.cores": "1"}
     with pytest.raises(ValueError, match="key=value"):
         parse_conf("spark.executor.memory")
+
+
+def test_a_chunk_is_read_from_the_compressed_file_alone(tiny_world):
+    """What a Spark ingest task does: its chunk out of the gzip file (one or several members,
+    block by block, nothing kept before or decompressed after it), or out of a plain file."""
+    data = datagen.generate_day(tiny_world, DAY, 3_000, seed=5)
+    text = gzip.decompress(data)
+    multi = gzip.compress(text[:10_000]) + gzip.compress(text[10_000:])
+    for chunk in split_lines(text, 7):
+        expected = text[chunk.offset:chunk.offset + chunk.length]
+        for payload in (data, multi, text):
+            assert decompressed_slice(payload, chunk.offset, chunk.length, block=4096) == expected
