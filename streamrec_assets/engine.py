@@ -69,8 +69,6 @@ def parse_conf(raw: str) -> dict[str, str]:
 class SparkEngine:
     """A Spark session for this process and a way to run pure functions as tasks on it."""
 
-    name = "spark"
-
     def __init__(self, master: str = "local[*]", conf: dict[str, str] | None = None, tasks: int = 0):
         self.master = master
         self.conf = {**BASE_CONF, "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
@@ -78,7 +76,7 @@ class SparkEngine:
         self._tasks = tasks
 
     def __repr__(self) -> str:
-        return f"SparkEngine({self.master}, {self.tasks()} tasks per day)"
+        return f"SparkEngine({self.master}, {self._tasks or 'default'} tasks per day)"  # no session needed
 
     @property
     def is_connect(self) -> bool:

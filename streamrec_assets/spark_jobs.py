@@ -78,19 +78,20 @@ def _bucket(table: pa.Table, column: str, bucket: int, buckets: int) -> pa.Table
     return table.filter(pa.array(ids % buckets == bucket))
 
 
-def _gather(results: list[dict[str, bytes]], entity: str, keys: list[str]) -> pd.DataFrame | None:
+def _gather(results: list[dict[str, bytes]], keys: list[str]) -> pd.DataFrame | None:
     """The buckets' tables as one, in the embedded engine's row order (None when all are empty)."""
     import pandas as pd
 
-    frames = [f for f in (_frame(r["table"]) for r in results) if len(f)]
+    frames = [f for f in (_frame(r["table"]) for r in results if "table" in r) if len(f)]
     if not frames:
         return None
     out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return out.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
-def engine_label(engine: SparkEngine, tasks: int) -> str:
-    return f"spark ({engine.master}, {tasks} tasks)"
+def engine_label(engine: SparkEngine) -> str:
+    """Where a step computed, for its metadata."""
+    return f"spark ({engine.master}, {engine.tasks()} tasks)"
 
 
 # ------------------------------------------------------------------------------------------- ingest
@@ -172,7 +173,7 @@ def daily_aggregate(
             "buckets": n}
     results = engine.map(daily_aggregate_task, [{**base, "bucket": b} for b in range(n)], items,
                          label=f"{asset} {day}")
-    return _gather(results, entity, ["date", entity])
+    return _gather(results, ["date", entity])
 
 
 # ----------------------------------------------------------------------------------- window features
@@ -188,23 +189,25 @@ def window_features_task(spec: dict, _shared: Any = None) -> dict[str, bytes]:
     tables = [_bucket(read_arrow(store.partition_path(spec["upstream"], d)), spec["entity"], spec["bucket"],
                       spec["buckets"]) for d in spec["days"]]
     frames = [t.to_pandas() for t in tables if t.num_rows]
+    rows = str(sum(len(f) for f in frames)).encode()
     if not frames:
-        return {"table": _to_bytes(pd.DataFrame())}
+        return {"rows": rows}
     window = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return {"table": _to_bytes(rolling_features(window, [spec["day"]], spec["entity"], first_day=spec["first_day"]))}
+    feats = rolling_features(window, [spec["day"]], spec["entity"], first_day=spec["first_day"])
+    return {"table": _to_bytes(feats), "rows": rows}
 
 
 def window_features(
     engine: SparkEngine, storage: Storage, upstream: str, entity: str, day: str, days: list[str], first_day: str,
 ) -> tuple[pd.DataFrame | None, int]:
     """``core.features.rolling_features`` of the day from the present daily aggregates ``days``, one
-    entity bucket per task; also the aggregate rows read (None: the window is empty)."""
+    entity bucket per task (None: the window is empty), and the aggregate rows the tasks read."""
     n = engine.tasks()
     base = {"store": _store_spec(storage), "upstream": upstream, "entity": entity, "day": day, "days": days,
             "first_day": first_day, "buckets": n}
     results = engine.map(window_features_task, [{**base, "bucket": b} for b in range(n)],
                          label=f"{upstream} window {day}")
-    return _gather(results, entity, [entity])
+    return _gather(results, [entity]), sum(int(r["rows"]) for r in results)
 
 
 # -------------------------------------------------------------------------------------------- ranker
@@ -398,18 +401,12 @@ def training_examples(
 ) -> tuple[pd.DataFrame | None, int]:
     """The day's training examples, one user bucket per task, in the embedded engine's row order
     (example id), and the rows the leakage audit found (None: the day has no impression)."""
-    import pandas as pd
-
-    n = engine.tasks()
     import os
 
+    n = engine.tasks()
     base = {"store": _store_spec(storage), "feast": feast_fields, "day": day, "buckets": n,
             "region": os.environ.get("AWS_DEFAULT_REGION", "")}
     results = engine.map(training_examples_task, [{**base, "bucket": b} for b in range(n)],
                          {"items": items, "users": users}, label=f"training_examples {day}")
     leaks = sum(json.loads(r["summary"])["leaks"] for r in results)
-    frames = [f for f in (_frame(r["table"]) for r in results if "table" in r) if len(f)]
-    if not frames:
-        return None, leaks
-    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return out.sort_values("example_id", kind="stable").reset_index(drop=True), leaks
+    return _gather(results, ["example_id"]), leaks

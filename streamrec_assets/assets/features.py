@@ -59,7 +59,7 @@ def _daily_asset(name: str, entity: str, description: str):
                 from streamrec_assets import spark_jobs
 
                 daily = spark_jobs.daily_aggregate(engine, storage, name, entity, day, EVENT_COLUMNS, item_catalog)
-                where = spark_jobs.engine_label(engine, engine.tasks())
+                where = spark_jobs.engine_label(engine)
             if daily is None:  # embedded, or a day without events (its empty table with the schema)
                 daily = aggregate(raw_events.read(day, EVENT_COLUMNS), item_catalog)
             entities = int(daily[entity].nunique()) if len(daily) else 0
@@ -131,9 +131,9 @@ def _window_asset(name: str, upstream: str, entity: str, description: str):
                 from streamrec_assets import spark_jobs
 
                 days = [d for d in window_days(day, LONGEST_WINDOW_DAYS) if d in daily.present]
-                feats = spark_jobs.window_features(engine, storage, daily.asset, entity, day, days, _first_day())
-                rows_read = int(sum(daily.read_arrow(d, columns=[]).num_rows for d in days))
-                where = spark_jobs.engine_label(engine, engine.tasks())
+                feats, rows_read = spark_jobs.window_features(engine, storage, daily.asset, entity, day, days,
+                                                              _first_day())
+                where = spark_jobs.engine_label(engine)
             if feats is None:  # embedded, or an empty window
                 window = state.window(day)
                 feats = rolling_features(window, [day], entity, first_day=_first_day())

@@ -149,7 +149,7 @@ def raw_events(
             from streamrec_assets import spark_jobs
 
             result = spark_jobs.ingest(engine, landing, delivery, user_ids, item_ids, config.max_line_bytes)
-            where = spark_jobs.engine_label(engine, engine.tasks())
+            where = spark_jobs.engine_label(engine)
         figures = {
             "engine": where,
             "landing_records": delivery.records,

@@ -66,7 +66,7 @@ def training_examples(
 
             fields = {name: getattr(feast, name) for name in type(feast).model_fields}
             joined, leaks = spark_jobs.training_examples(engine, storage, fields, day, item_catalog, user_catalog)
-            where = spark_jobs.engine_label(engine, engine.tasks())
+            where = spark_jobs.engine_label(engine)
         if joined is None:
             examples = label_impressions(raw_events.read(day), item_catalog)
             joined = historical_features(store, examples)
